@@ -1,0 +1,1 @@
+"""The Centrifugo client protocol v2 and server API, free of I/O."""

@@ -1,0 +1,594 @@
+"""The I/O-free Centrifugo client session.
+
+A ``Session`` owns the protocol state of one connection: authentication, subscriptions,
+expiry, ping/pong. Bytes come in through :meth:`Session.decode`; each Command goes through
+:meth:`Session.handle`, a generator that yields :mod:`effects` for the node to perform and
+returns the Reply (or ``None``). Time is always an argument; nothing here reads a clock,
+touches a socket or imports asyncio.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Generator
+from typing import Any
+
+import msgspec
+
+from centrifugo_bridge import codes, effects
+from centrifugo_bridge.channels import ChannelOptions, ChannelRules, Resolved, personal_channel
+from centrifugo_bridge.codecs import Codec, DecodeError
+from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
+from centrifugo_bridge.protocol import (
+    EMPTY,
+    ClientInfo,
+    Command,
+    ConnectRequest,
+    ConnectResult,
+    HistoryRequest,
+    HistoryResult,
+    PresenceResult,
+    PresenceStatsResult,
+    Publication,
+    PublishRequest,
+    PublishResult,
+    Push,
+    Raw,
+    RefreshRequest,
+    RefreshResult,
+    Reply,
+    RPCRequest,
+    RPCResult,
+    StreamPosition,
+    SubRefreshRequest,
+    SubRefreshResult,
+    Subscribe,
+    SubscribeRequest,
+    SubscribeResult,
+    Unsubscribe,
+    UnsubscribeRequest,
+    UnsubscribeResult,
+)
+from centrifugo_bridge.tokens import (
+    InvalidToken,
+    TokenExpired,
+    connection_credentials,
+    subscription_grant,
+)
+
+__all__ = ["Session", "SessionConfig", "Subscription", "Handler", "TimerActions"]
+
+Handler = Generator[effects.Effect, Any, Reply | None]
+
+# Subscribe flag bit 2: the client (getState/get_state) wants error 112 instead of an
+# unrecovered subscription.
+FLAG_REJECT_UNRECOVERED = 2
+
+
+class SessionConfig(msgspec.Struct, frozen=True):
+    """Client-facing protocol settings (Centrifugo `client.*`)."""
+
+    version: str = "0.1.0"
+    # Seconds between server pings; 0 disables pings. Centrifugo default 25 s.
+    ping_interval: float = 25.0
+    # A pong must arrive within this many seconds of a ping (Centrifugo default 8 s).
+    pong_timeout: float = 8.0
+    # A socket that has not sent connect within this time is closed 3502 (Centrifugo: 10 s).
+    stale_close_delay: float = 10.0
+    # Grace after connection expiry before closing 3005 (Centrifugo: 25 s).
+    expired_close_delay: float = 25.0
+    # Grace after subscription expiry before unsubscribing 2501 (Centrifugo: 25 s).
+    expired_sub_close_delay: float = 25.0
+    allow_anonymous_connect_without_token: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    subscribe_to_user_personal_channel: bool = False
+    personal_channel_namespace: str = ""
+    # Subscriptions per connection (Centrifugo client.channel_limit).
+    channel_limit: int = 128
+    # Cap on publications returned by one client history call.
+    history_max_publication_limit: int = 300
+    # Cap on publications replayed by one recovery; beyond it the stream is unrecovered.
+    recovery_max_publication_limit: int = 300
+    user_id_claim: str = "sub"
+
+
+class Subscription(msgspec.Struct):
+    channel: str
+    options: ChannelOptions
+    info: ClientInfo
+    push_join_leave: bool = False
+    recoverable: bool = False
+    positioned: bool = False
+    # Unix seconds; 0 = never.
+    expire_at: float = 0
+    server_side: bool = False
+
+
+class TimerActions(msgspec.Struct):
+    """What the connection must do after :meth:`Session.on_timer`."""
+
+    frames: list[bytes] = []
+    unsubscribe: list[effects.UnsubscribeChannel] = []
+    disconnect: Disconnect | None = None
+
+
+class Session:
+    """Protocol state of one client connection."""
+
+    __slots__ = (
+        "config", "rules", "codec", "client_id", "user", "conn_info", "connected",
+        "failed", "expire_at", "subs", "created_at", "next_ping_at", "pong_deadline",
+        "closed", "name", "meta", "_rng",
+    )
+
+    def __init__(self, config: SessionConfig, rules: ChannelRules, codec: Codec,
+                 client_id: str, now: float, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rules = rules
+        self.codec = codec
+        self.client_id = client_id
+        self.user = ""
+        self.conn_info = b""
+        self.connected = False
+        # After a failed connect Centrifugo stops reading commands; so do we.
+        self.failed = False
+        self.closed = False
+        self.expire_at = 0.0
+        self.subs: dict[str, Subscription] = {}
+        self.created_at = now
+        self.next_ping_at = 0.0
+        self.pong_deadline = 0.0
+        self.name = ""
+        self.meta = b""
+        self._rng = rng
+
+    # ---- framing ----------------------------------------------------------------------
+
+    def decode(self, data: bytes) -> list[Command]:
+        """Commands of one WebSocket message; malformed input -> DisconnectError 3501."""
+        try:
+            return self.codec.decode_commands(data)
+        except DecodeError:
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT) from None
+
+    def encode(self, reply: Reply) -> bytes:
+        return self.codec.encode_reply(reply)
+
+    def client_info(self, chan_info: bytes = b"") -> ClientInfo:
+        return ClientInfo(
+            user=self.user, client=self.client_id,
+            conn_info=Raw(self.conn_info) if self.conn_info else EMPTY,
+            chan_info=Raw(chan_info) if chan_info else EMPTY,
+        )
+
+    # ---- dispatch ---------------------------------------------------------------------
+
+    def handle(self, cmd: Command, now: float) -> Handler:
+        """Process one command: a generator of effects returning the Reply (or None).
+
+        Raises DisconnectError when the connection must close.
+        """
+        if self.failed or self.closed:
+            return None
+        if not self.connected and cmd.connect is None:
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        if cmd.id == 0 and cmd.send is None:
+            if _is_empty(cmd):
+                self._pong()
+                return None
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        try:
+            if cmd.connect is not None:
+                result = yield from self._connect(cmd.connect, now)
+                return Reply(id=cmd.id, connect=result)
+            if cmd.subscribe is not None:
+                return Reply(id=cmd.id, subscribe=(yield from self._subscribe(cmd.subscribe, now)))
+            if cmd.unsubscribe is not None:
+                return Reply(id=cmd.id, unsubscribe=(yield from self._unsubscribe(cmd.unsubscribe)))
+            if cmd.publish is not None:
+                return Reply(id=cmd.id, publish=(yield from self._publish(cmd.publish)))
+            if cmd.presence is not None:
+                channel = self._need_channel(cmd.presence.channel)
+                self.rules.check_presence(channel, self.user, channel in self.subs)
+                presence = yield effects.ReadPresence(channel)
+                return Reply(id=cmd.id, presence=PresenceResult(presence=presence))
+            if cmd.presence_stats is not None:
+                channel = self._need_channel(cmd.presence_stats.channel)
+                self.rules.check_presence(channel, self.user, channel in self.subs)
+                clients, users = yield effects.ReadPresenceStats(channel)
+                return Reply(id=cmd.id, presence_stats=PresenceStatsResult(num_clients=clients, num_users=users))
+            if cmd.history is not None:
+                return Reply(id=cmd.id, history=(yield from self._history(cmd.history)))
+            if cmd.rpc is not None:
+                return Reply(id=cmd.id, rpc=(yield from self._rpc(cmd.rpc)))
+            if cmd.send is not None:
+                yield effects.SendMessage(bytes(cmd.send.data), self.user, self.client_id)
+                return None
+            if cmd.refresh is not None:
+                return Reply(id=cmd.id, refresh=(yield from self._refresh(cmd.refresh, now)))
+            if cmd.sub_refresh is not None:
+                return Reply(id=cmd.id, sub_refresh=(yield from self._sub_refresh(cmd.sub_refresh, now)))
+        except ClientError as exc:
+            if cmd.connect is not None:
+                self.failed = True
+            return Reply(id=cmd.id, error=exc.to_wire())
+        # `ping` (unused in v2) or no method at all.
+        raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+
+    @staticmethod
+    def _need_channel(channel: str) -> str:
+        if not channel:
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        return channel
+
+    # ---- connect / refresh ------------------------------------------------------------
+
+    def _connect(self, req: ConnectRequest, now: float) -> Generator[effects.Effect, Any, ConnectResult]:
+        if self.connected:
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        cfg = self.config
+        if req.token:
+            try:
+                claims = yield effects.VerifyConnectionToken(req.token)
+                creds = connection_credentials(claims, cfg.user_id_claim)
+            except TokenExpired:
+                raise codes.error(codes.TOKEN_EXPIRED) from None
+            except InvalidToken:
+                raise DisconnectError(codes.INVALID_TOKEN) from None
+            if not creds.user and cfg.disallow_anonymous_connection_tokens:
+                raise DisconnectError(codes.PERMISSION_DENIED_DISCONNECT)
+        elif cfg.allow_anonymous_connect_without_token:
+            creds = connection_credentials({}, cfg.user_id_claim)
+        else:
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+
+        ttl = 0
+        if creds.expire_at > 0:
+            ttl = int(creds.expire_at - now)
+            if ttl <= 0:
+                raise codes.error(codes.EXPIRED)
+        self.user = creds.user
+        self.conn_info = creds.info
+        self.meta = creds.meta
+        self.name = req.name[:32]
+        self.expire_at = float(creds.expire_at)
+
+        # Server-side subscriptions: token `subs` take precedence over `channels`.
+        wanted: dict[str, bytes] = {}
+        for channel in creds.channels:
+            wanted[channel] = b""
+        for channel, sub in creds.subs.items():
+            wanted[channel] = sub.info
+        if cfg.subscribe_to_user_personal_channel and self.user:
+            wanted.setdefault(personal_channel(
+                self.user, cfg.personal_channel_namespace,
+                self.rules.user_boundary, self.rules.namespace_boundary), b"")
+        results: dict[str, SubscribeResult] = {}
+        yield effects.Register(self.user, self.client_id)
+        self.connected = True
+        for channel, chan_info in wanted.items():
+            res = self.rules.resolve(channel)
+            recover = req.subs.get(channel)
+            results[channel] = yield from self._do_subscribe(
+                res, chan_info, b"", 0.0, recover_req=recover, positioned_req=False,
+                recoverable_req=False, join_leave_req=False, server_side=True,
+                override=creds.subs[channel].override if channel in creds.subs else None,
+                reject_unrecovered=False)
+
+        result = ConnectResult(client=self.client_id, version=cfg.version, subs=results)
+        if ttl > 0:
+            result.expires = True
+            result.ttl = ttl
+        if cfg.ping_interval > 0:
+            result.ping = int(cfg.ping_interval)
+            result.pong = True
+            first = cfg.ping_interval / 2 + (self._rng or random).random() * cfg.ping_interval / 2
+            self.next_ping_at = now + first
+        return result
+
+    def _refresh(self, req: RefreshRequest, now: float) -> Generator[effects.Effect, Any, RefreshResult]:
+        if not req.token:
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        try:
+            claims = yield effects.VerifyConnectionToken(req.token)
+            creds = connection_credentials(claims, self.config.user_id_claim)
+        except TokenExpired:
+            raise DisconnectError(codes.CONNECTION_EXPIRED) from None
+        except InvalidToken:
+            raise DisconnectError(codes.INVALID_TOKEN) from None
+        if creds.user != self.user:
+            raise DisconnectError(codes.INVALID_TOKEN)
+        result = RefreshResult(client=self.client_id, version=self.config.version)
+        if creds.expire_at > 0:
+            ttl = int(creds.expire_at - now)
+            if ttl <= 0:
+                raise codes.error(codes.EXPIRED)
+            result.expires = True
+            result.ttl = ttl
+        self.expire_at = float(creds.expire_at)
+        if creds.info:
+            self.conn_info = creds.info
+        return result
+
+    # ---- subscriptions ----------------------------------------------------------------
+
+    def _subscribe(self, req: SubscribeRequest, now: float) -> Generator[effects.Effect, Any, SubscribeResult]:
+        channel = self._need_channel(req.channel)
+        if req.type != 0:
+            # Map / shared-poll subscriptions are not implemented: Centrifugo refuses a type
+            # the namespace does not allow with 103.
+            raise codes.error(codes.PERMISSION_DENIED)
+        if req.delta and req.delta != "fossil":
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        if len(channel) > self.rules.max_length:
+            raise codes.error(codes.BAD_REQUEST)
+        if channel in self.subs:
+            raise codes.error(codes.ALREADY_SUBSCRIBED)
+        if self.config.channel_limit and len(self.subs) >= self.config.channel_limit:
+            raise codes.error(codes.LIMIT_EXCEEDED)
+        res = self.rules.resolve(channel)
+        if res.private and not req.token:
+            raise codes.error(codes.PERMISSION_DENIED)
+        chan_info = b""
+        data = b""
+        expire_at = 0.0
+        override = None
+        if req.token:
+            try:
+                claims = yield effects.VerifySubscriptionToken(req.token)
+                grant = subscription_grant(claims, self.config.user_id_claim)
+            except TokenExpired:
+                raise codes.error(codes.TOKEN_EXPIRED) from None
+            except InvalidToken:
+                raise codes.error(codes.PERMISSION_DENIED) from None
+            if grant.channel != channel or grant.user != self.user:
+                raise DisconnectError(codes.INVALID_TOKEN)
+            if grant.client and grant.client != self.client_id:
+                raise DisconnectError(codes.INVALID_TOKEN)
+            if grant.expire_at > 0 and grant.expire_at <= now:
+                raise codes.error(codes.EXPIRED)
+            chan_info, data, expire_at, override = grant.info, grant.data, float(grant.expire_at), grant.override
+        elif not self.rules.can_subscribe_without_token(res, self.user):
+            raise codes.error(codes.PERMISSION_DENIED)
+        result = yield from self._do_subscribe(
+            res, chan_info, data, expire_at, recover_req=req if req.recover else None,
+            positioned_req=req.positioned, recoverable_req=req.recoverable,
+            join_leave_req=req.join_leave, server_side=False, override=override,
+            reject_unrecovered=bool(req.flag & FLAG_REJECT_UNRECOVERED), now=now)
+        return result
+
+    def _do_subscribe(self, res: Resolved, chan_info: bytes, data: bytes, expire_at: float, *,
+                      recover_req: SubscribeRequest | None, positioned_req: bool,
+                      recoverable_req: bool, join_leave_req: bool, server_side: bool,
+                      override: Any, reject_unrecovered: bool,
+                      now: float = 0.0) -> Generator[effects.Effect, Any, SubscribeResult]:
+        opts = res.options
+        if override is not None:
+            opts = msgspec.structs.replace(opts, **{
+                k: v for k, v in msgspec.structs.asdict(override).items() if v is not None})
+        rules = self.rules
+        history_access = rules.can_history(res, self.user, True)
+        positioned = opts.force_positioning or (
+            positioned_req and (opts.allow_positioning or history_access))
+        recoverable = opts.force_recovery or (
+            recoverable_req and (opts.allow_recovery or history_access))
+        push_join_leave = opts.force_push_join_leave or (
+            join_leave_req and opts.join_leave and rules.can_presence(res, self.user, True))
+        stream = (positioned or recoverable) and opts.history_enabled
+        since = None
+        if stream and recover_req is not None:
+            since = StreamPosition(offset=recover_req.offset, epoch=recover_req.epoch)
+        info = self.client_info(chan_info)
+        state: effects.StreamState = yield effects.SubscribeChannel(
+            channel=res.channel, info=info, options=opts, push_join_leave=push_join_leave,
+            since=since, recovery_limit=self.config.recovery_max_publication_limit,
+            cache_recovery=opts.force_recovery_mode == "cache")
+        sub = Subscription(res.channel, opts, info, push_join_leave=push_join_leave,
+                           recoverable=recoverable and stream, positioned=stream,
+                           expire_at=expire_at, server_side=server_side)
+        self.subs[res.channel] = sub
+        result = SubscribeResult()
+        if data:
+            result.data = Raw(data)
+        if expire_at > 0:
+            result.expires = True
+            result.ttl = max(1, int(expire_at - now))
+        if stream:
+            result.positioned = True
+            result.recoverable = sub.recoverable
+            result.epoch = state.epoch
+            result.offset = state.offset
+        if since is not None and sub.recoverable:
+            result.was_recovering = True
+            pubs, recovered = _recovered(since, state, self.config.recovery_max_publication_limit,
+                                         opts.force_recovery_mode == "cache")
+            if recovered:
+                result.recovered = True
+                result.publications = pubs
+                # SDKs advance their position while applying the publications.
+                result.offset = since.offset if pubs else state.offset
+            elif reject_unrecovered:
+                yield from self._drop(res.channel)
+                raise codes.error(codes.UNRECOVERABLE_POSITION)
+        return result
+
+    def _drop(self, channel: str) -> Generator[effects.Effect, Any, None]:
+        sub = self.subs.pop(channel, None)
+        if sub is not None:
+            yield effects.UnsubscribeChannel(channel, sub.info, sub.options)
+
+    def _unsubscribe(self, req: UnsubscribeRequest) -> Generator[effects.Effect, Any, UnsubscribeResult]:
+        channel = self._need_channel(req.channel)
+        yield from self._drop(channel)
+        return UnsubscribeResult()
+
+    def _sub_refresh(self, req: SubRefreshRequest, now: float) -> Generator[effects.Effect, Any, SubRefreshResult]:
+        channel = self._need_channel(req.channel)
+        sub = self.subs.get(channel)
+        if sub is None:
+            raise codes.error(codes.PERMISSION_DENIED)
+        if not req.token:
+            raise codes.error(codes.BAD_REQUEST)
+        try:
+            claims = yield effects.VerifySubscriptionToken(req.token)
+            grant = subscription_grant(claims, self.config.user_id_claim)
+        except TokenExpired:
+            raise codes.error(codes.EXPIRED) from None
+        except InvalidToken:
+            raise DisconnectError(codes.INVALID_TOKEN) from None
+        if grant.channel != channel or grant.user != self.user or (
+                grant.client and grant.client != self.client_id):
+            raise DisconnectError(codes.INVALID_TOKEN)
+        result = SubRefreshResult()
+        if grant.expire_at > 0:
+            ttl = int(grant.expire_at - now)
+            if ttl <= 0:
+                raise codes.error(codes.EXPIRED)
+            result.expires = True
+            result.ttl = ttl
+        sub.expire_at = float(grant.expire_at)
+        return result
+
+    # ---- publish / history / rpc --------------------------------------------------------
+
+    def _publish(self, req: PublishRequest) -> Generator[effects.Effect, Any, PublishResult]:
+        channel = self._need_channel(req.channel)
+        if req.type != 0:
+            raise codes.error(codes.NOT_AVAILABLE)
+        res = self.rules.check_publish(channel, self.user, channel in self.subs)
+        data = bytes(req.data)
+        if not data:
+            raise codes.error(codes.BAD_REQUEST)
+        sub = self.subs.get(channel)
+        info = sub.info if sub is not None else self.client_info()
+        yield effects.PublishToChannel(channel, data, info, res.options)
+        return PublishResult()
+
+    def _history(self, req: HistoryRequest) -> Generator[effects.Effect, Any, HistoryResult]:
+        channel = self._need_channel(req.channel)
+        self.rules.check_history(channel, self.user, channel in self.subs)
+        cap = self.config.history_max_publication_limit
+        limit = req.limit
+        if cap > 0 and (limit < 0 or limit > cap):
+            limit = cap
+        if req.reverse and req.since is not None and req.since.offset == 0:
+            raise codes.error(codes.BAD_REQUEST)
+        state: effects.StreamState = yield effects.ReadHistory(channel, limit, req.since, req.reverse)
+        return HistoryResult(publications=state.publications, epoch=state.epoch, offset=state.offset)
+
+    def _rpc(self, req: RPCRequest) -> Generator[effects.Effect, Any, RPCResult]:
+        data = yield effects.CallRPC(req.method, bytes(req.data), self.user, self.client_id)
+        return RPCResult(data=Raw(data) if data else EMPTY)
+
+    # ---- server-initiated -------------------------------------------------------------
+
+    def server_unsubscribe(self, channel: str, code: int, reason: str) -> tuple[bytes, effects.UnsubscribeChannel] | None:
+        """Drop a subscription on the server's initiative; returns the push frame and the
+        effect that detaches the channel, or None if not subscribed."""
+        sub = self.subs.pop(channel, None)
+        if sub is None:
+            return None
+        push = Reply(push=Push(channel=channel, unsubscribe=Unsubscribe(code=code, reason=reason)))
+        return self.encode(push), effects.UnsubscribeChannel(channel, sub.info, sub.options)
+
+    def server_subscribe(self, channel: str, chan_info: bytes, data: bytes, expire_at: float,
+                         override: Any, since: StreamPosition | None,
+                         now: float) -> Generator[effects.Effect, Any, bytes | None]:
+        """Subscribe on the server's initiative (server API `subscribe`); returns the encoded
+        `subscribe` push, or None when already subscribed."""
+        if not self.connected or self.closed or channel in self.subs:
+            return None
+        res = self.rules.resolve(channel)
+        recover = SubscribeRequest(channel=channel, recover=True, offset=since.offset,
+                                   epoch=since.epoch) if since is not None else None
+        result = yield from self._do_subscribe(
+            res, chan_info, data, expire_at, recover_req=recover, positioned_req=False,
+            recoverable_req=False, join_leave_req=False, server_side=True,
+            override=override, reject_unrecovered=False, now=now)
+        push = Push(channel=channel, subscribe=Subscribe(
+            recoverable=result.recoverable, epoch=result.epoch, offset=result.offset,
+            positioned=result.positioned, data=result.data))
+        return self.encode(Reply(push=push))
+
+    def close(self) -> list[effects.UnsubscribeChannel]:
+        """Connection is gone: effects that detach every subscription."""
+        self.closed = True
+        out = [effects.UnsubscribeChannel(ch, s.info, s.options) for ch, s in self.subs.items()]
+        self.subs.clear()
+        return out
+
+    # ---- time -------------------------------------------------------------------------
+
+    def _pong(self) -> None:
+        if self.pong_deadline <= 0:
+            # A pong nobody asked for (Centrifugo: "unnecessary pong").
+            raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
+        self.pong_deadline = 0.0
+
+    def next_deadline(self) -> float:
+        """The earliest time :meth:`on_timer` has something to do (0 = nothing)."""
+        if not self.connected:
+            return self.created_at + self.config.stale_close_delay
+        times = [t for t in (self.next_ping_at, self.pong_deadline) if t > 0]
+        if self.expire_at > 0:
+            times.append(self.expire_at + self.config.expired_close_delay)
+        for sub in self.subs.values():
+            if sub.expire_at > 0:
+                times.append(sub.expire_at + self.config.expired_sub_close_delay)
+        return min(times) if times else 0.0
+
+    def on_timer(self, now: float) -> TimerActions:
+        """Pings, pong timeout, stale and expiry checks due at ``now``."""
+        actions = TimerActions(frames=[], unsubscribe=[])
+        if self.closed:
+            return actions
+        cfg = self.config
+        if not self.connected:
+            if now >= self.created_at + cfg.stale_close_delay and not self.failed:
+                actions.disconnect = codes.STALE
+            return actions
+        if self.pong_deadline > 0 and now >= self.pong_deadline:
+            actions.disconnect = codes.NO_PONG
+            return actions
+        if self.expire_at > 0 and now >= self.expire_at + cfg.expired_close_delay:
+            actions.disconnect = codes.CONNECTION_EXPIRED
+            return actions
+        if self.next_ping_at > 0 and now >= self.next_ping_at:
+            actions.frames.append(self.encode(Reply()))
+            self.next_ping_at = now + cfg.ping_interval
+            if cfg.pong_timeout > 0:
+                self.pong_deadline = now + cfg.pong_timeout
+        for channel in [c for c, s in self.subs.items()
+                        if s.expire_at > 0 and now >= s.expire_at + cfg.expired_sub_close_delay]:
+            frame, effect = self.server_unsubscribe(channel, *codes.UNSUBSCRIBE_EXPIRED)  # type: ignore[misc]
+            actions.frames.append(frame)
+            actions.unsubscribe.append(effect)
+        return actions
+
+
+def _is_empty(cmd: Command) -> bool:
+    return cmd == _EMPTY_COMMAND
+
+
+_EMPTY_COMMAND = Command()
+
+
+def _recovered(since: StreamPosition, state: effects.StreamState, limit: int,
+               cache: bool) -> tuple[list[Publication], bool]:
+    """Centrifuge's isStreamRecovered: the publications after ``since`` and whether they
+    close the gap exactly up to the stream top."""
+    if since.epoch and since.epoch != state.epoch:
+        return [], False
+    pubs = state.publications
+    if cache:
+        # Cache mode: only the latest publication matters.
+        if state.offset == since.offset:
+            return [], True
+        return (pubs[-1:], True) if pubs and pubs[-1].offset == state.offset else ([], False)
+    if len(pubs) > limit:
+        return [], False
+    if not pubs:
+        return [], state.offset == since.offset
+    if pubs[0].offset == since.offset + 1 and pubs[-1].offset == state.offset:
+        return pubs, True
+    return [], False

@@ -1,0 +1,218 @@
+"""Centrifugo's server HTTP API on a node: `POST /api/<method>`.
+
+Authentication, decoding and the Centrifugo response envelope (`{"result": …}` or
+`{"error": {code, message}}`, HTTP 200) live here; the operations are the node's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from centrifugo_bridge import codes, server_api
+from centrifugo_bridge.codes import ClientError, Disconnect
+from gateway.node import Node
+
+log = logging.getLogger("sentchat.api")
+
+_encode = msgspec.json.Encoder().encode
+_decoders = {name: msgspec.json.Decoder(cls) for name, cls in server_api.REQUESTS.items()}
+
+
+class BadRequestBody(Exception):
+    """The body is not JSON at all: HTTP 400, as Centrifugo answers."""
+
+
+def authorized(headers: Mapping[str, str], query: Mapping[str, str], key: str, insecure: bool) -> bool:
+    """Centrifugo's API key check: X-API-Key, `Authorization: apikey <key>`, or ?api_key."""
+    if insecure:
+        return True
+    if not key:
+        return False
+    given = headers.get("x-api-key")
+    if given is None:
+        auth = headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "apikey":
+            given = value.strip()
+    if given is None:
+        given = query.get("api_key")
+    return given is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
+class ServerApi:
+    """Executes server API calls against a node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def call(self, method: str, body: bytes) -> tuple[int, bytes]:
+        """Run one API method; returns (HTTP status, JSON body)."""
+        if method not in server_api.REQUESTS:
+            return 404, b"Not Found"
+        self.node.metrics.api_requests.labels(method).inc()
+        try:
+            if method == "batch":
+                return 200, _encode(await self._batch(body))
+            result = await self._dispatch(method, body)
+            return 200, _encode({"result": result})
+        except BadRequestBody:
+            return 400, b"Bad Request"
+        except ClientError as exc:
+            self.node.metrics.errors.labels(str(exc.code)).inc()
+            return 200, _encode({"error": {"code": exc.code, "message": exc.message}})
+
+    async def _dispatch(self, method: str, body: bytes) -> Any:
+        try:
+            req = _decoders[method].decode(body or b"{}")
+        except msgspec.ValidationError:
+            raise codes.error(codes.BAD_REQUEST) from None
+        except msgspec.DecodeError:
+            raise BadRequestBody() from None
+        return await getattr(self, "_" + method)(req)
+
+    async def _batch(self, body: bytes) -> dict[str, Any]:
+        try:
+            req = _decoders["batch"].decode(body or b"{}")
+        except msgspec.ValidationError:
+            raise codes.error(codes.BAD_REQUEST) from None
+        except msgspec.DecodeError:
+            raise BadRequestBody() from None
+        replies: list[dict[str, Any]] = []
+        for command in req.commands:
+            if len(command) != 1:
+                replies.append({"error": {"code": 107, "message": "bad request"}})
+                continue
+            (method, params), = command.items()
+            if method not in server_api.REQUESTS or method == "batch":
+                replies.append({"error": {"code": 104, "message": "method not found"}})
+                continue
+            try:
+                replies.append({method: await self._dispatch(method, bytes(params))})
+            except BadRequestBody:
+                replies.append({"error": {"code": 107, "message": "bad request"}})
+            except ClientError as exc:
+                replies.append({"error": {"code": exc.code, "message": exc.message}})
+        return {"replies": replies}
+
+    # ---- methods ----------------------------------------------------------------------
+
+    async def _publish(self, req: server_api.PublishRequest) -> dict[str, Any]:
+        if not req.channel:
+            raise codes.error(codes.BAD_REQUEST)
+        data = server_api.payload(req.data, req.b64data)
+        if not data:
+            raise codes.error(codes.BAD_REQUEST)
+        pos = await self.node.publish(req.channel, data, tags=req.tags, skip_history=req.skip_history)
+        return {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}
+
+    async def _broadcast(self, req: server_api.BroadcastRequest) -> dict[str, Any]:
+        if not req.channels:
+            raise codes.error(codes.BAD_REQUEST)
+        data = server_api.payload(req.data, req.b64data)
+        if not data:
+            raise codes.error(codes.BAD_REQUEST)
+        responses: list[dict[str, Any]] = []
+        for channel in req.channels:
+            try:
+                if not channel:
+                    raise codes.error(codes.BAD_REQUEST)
+                pos = await self.node.publish(channel, data, tags=req.tags, skip_history=req.skip_history)
+                responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}})
+            except ClientError as exc:
+                responses.append({"error": {"code": exc.code, "message": exc.message}})
+        return {"responses": responses}
+
+    async def _subscribe(self, req: server_api.SubscribeRequest) -> dict[str, Any]:
+        if not req.user or not req.channel:
+            raise codes.error(codes.BAD_REQUEST)
+        override = None
+        if req.override is not None:
+            from centrifugo_bridge.tokens import Override
+
+            o = req.override
+            override = Override(**{k: getattr(o, k).value for k in Override.__struct_fields__
+                                   if getattr(o, k, None) is not None})
+        await self.node.server_subscribe(
+            req.user, req.channel, client=req.client,
+            info=server_api.payload(req.info, req.b64info),
+            data=server_api.payload(req.data, req.b64data), since=req.recover_since,
+            override=override, expire_at=req.expire_at)
+        return {}
+
+    async def _unsubscribe(self, req: server_api.UnsubscribeRequest) -> dict[str, Any]:
+        if not req.user or not req.channel:
+            raise codes.error(codes.BAD_REQUEST)
+        self.node.rules.resolve(req.channel)
+        self.node.server_unsubscribe(req.user, req.channel, client=req.client)
+        return {}
+
+    async def _disconnect(self, req: server_api.DisconnectRequest) -> dict[str, Any]:
+        if not req.user:
+            raise codes.error(codes.BAD_REQUEST)
+        disconnect = codes.FORCE_DISCONNECT
+        if req.disconnect is not None and req.disconnect.code:
+            d = req.disconnect
+            # Codes below 3000 are the transport's; reasons must fit a WebSocket close frame.
+            if d.code < 3000 or d.code > 4999 or len(d.reason.encode()) > 120:
+                raise codes.error(codes.BAD_REQUEST)
+            disconnect = Disconnect(d.code, d.reason)
+        self.node.disconnect(req.user, disconnect, client=req.client, whitelist=req.whitelist)
+        return {}
+
+    async def _refresh(self, req: server_api.RefreshRequest) -> dict[str, Any]:
+        if not req.user:
+            raise codes.error(codes.BAD_REQUEST)
+        info = server_api.payload(req.info, req.b64info) or None
+        self.node.refresh(req.user, client=req.client, expired=req.expired,
+                          expire_at=req.expire_at, info=info)
+        return {}
+
+    async def _presence(self, req: server_api.PresenceRequest) -> dict[str, Any]:
+        res = self._channel(req.channel)
+        if not res.options.presence:
+            raise codes.error(codes.NOT_AVAILABLE)
+        return {"presence": await self.node.broker.presence(req.channel)}
+
+    async def _presence_stats(self, req: server_api.PresenceStatsRequest) -> dict[str, Any]:
+        res = self._channel(req.channel)
+        if not res.options.presence:
+            raise codes.error(codes.NOT_AVAILABLE)
+        clients, users = await self.node.broker.presence_stats(req.channel)
+        return {"num_clients": clients, "num_users": users}
+
+    async def _history(self, req: server_api.HistoryRequest) -> dict[str, Any]:
+        res = self._channel(req.channel)
+        if not res.options.history_enabled:
+            raise codes.error(codes.NOT_AVAILABLE)
+        if req.reverse and req.since is not None and req.since.offset == 0:
+            raise codes.error(codes.BAD_REQUEST)
+        state = await self.node.broker.history(req.channel, req.limit, req.since, req.reverse)
+        return {"publications": state.publications, "epoch": state.epoch, "offset": state.offset}
+
+    async def _history_remove(self, req: server_api.HistoryRemoveRequest) -> dict[str, Any]:
+        res = self._channel(req.channel)
+        if not res.options.history_enabled:
+            raise codes.error(codes.NOT_AVAILABLE)
+        await self.node.broker.remove_history(req.channel)
+        return {}
+
+    async def _channels(self, req: server_api.ChannelsRequest) -> dict[str, Any]:
+        channels = {}
+        for name, count in self.node.hub.channels().items():
+            if not req.pattern or fnmatch.fnmatchcase(name, req.pattern):
+                channels[name] = {"num_clients": count} if count else {}
+        return {"channels": channels}
+
+    async def _info(self, req: server_api.InfoRequest) -> dict[str, Any]:
+        return {"nodes": [self.node.info()]}
+
+    def _channel(self, channel: str) -> Any:
+        if not channel:
+            raise codes.error(codes.BAD_REQUEST)
+        return self.node.rules.resolve(channel)

@@ -1,0 +1,1 @@
+"""Brokers: fan-out, streams and presence behind one interface."""

@@ -1,0 +1,182 @@
+"""The `sentchat` command: serve, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("sentchat")
+
+DEFAULT_CONFIG = Path(__file__).with_name("defaults.toml")
+
+
+def data_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("SENTCHAT_DATA_DIR", ".sentchat"))
+
+
+def _generated_secrets(directory: Path) -> dict[str, str]:
+    """Secrets generated on first start when none are configured, kept 0600 in the data dir
+    so `sentchat token` signs with the same key the server verifies."""
+    path = directory / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    values = {"hmac_secret_key": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh)
+    return values
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    overrides: dict[tuple[str, ...], Any] = {}
+    if getattr(args, "host", None):
+        overrides[("http", "host")] = args.host
+    if getattr(args, "port", None):
+        overrides[("http", "port")] = args.port
+    if getattr(args, "workers", None):
+        overrides[("node", "workers")] = args.workers
+    config = args.config or os.environ.get("SENTCHAT_CONFIG")
+    centrifugo = getattr(args, "centrifugo_config", None)
+    if config is None and centrifugo is None:
+        config = str(DEFAULT_CONFIG)
+    settings, warnings = load_settings(config, centrifugo=centrifugo, overrides=overrides)
+    token = settings.client.token
+    if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
+            or token.jwks_public_endpoint) or (not settings.http_api.key and not settings.http_api.insecure):
+        generated = _generated_secrets(data_dir())
+        if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
+                or token.jwks_public_endpoint):
+            token.hmac_secret_key = generated["hmac_secret_key"]
+            warnings.append(f"no token key configured: using the generated HMAC secret in {data_dir() / 'secrets.json'}")
+        if not settings.http_api.key and not settings.http_api.insecure:
+            settings.http_api.key = generated["api_key"]
+            warnings.append(f"no API key configured: using the generated key in {data_dir() / 'secrets.json'}")
+    return settings, warnings
+
+
+async def _serve(settings: Settings) -> None:
+    from gateway.node import Node
+    from gateway.server import serve
+
+    node = Node(settings)
+    await node.start()
+    server = await serve(node, settings.http.host, settings.http.port,
+                         backlog=settings.http.backlog)
+    log.info("sentchat %s listening on http://%s:%d (websocket /connection/websocket)",
+             __version__, settings.http.host, settings.http.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.close()
+    await node.stop()
+    await server.wait_closed()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings, warnings = resolve_settings(args)
+    except ConfigError as exc:
+        print(f"sentchat: {exc}", file=sys.stderr)
+        return 2
+    for w in warnings:
+        log.warning("%s", w)
+    if settings.node.workers > 1:
+        print("sentchat: --workers > 1 needs the Redis broker so workers can fan out to each "
+              "other; it is not available yet (see the multi-node issue). Run one worker.",
+              file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; only on odd platforms
+        asyncio.run(_serve(settings))
+    else:
+        uvloop.run(_serve(settings))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import sign_token
+
+    try:
+        settings, _ = resolve_settings(args)
+    except ConfigError as exc:
+        print(f"sentchat: {exc}", file=sys.stderr)
+        return 2
+    secret = settings.client.token.hmac_secret_key
+    if args.channel and settings.client.subscription_token is not None:
+        secret = settings.client.subscription_token.hmac_secret_key or secret
+    if not secret:
+        print("sentchat: no HMAC secret configured (client.token.hmac_secret_key or "
+              "SENTCHAT_TOKEN_HMAC_SECRET)", file=sys.stderr)
+        return 2
+    claims: dict[str, Any] = {"sub": args.user}
+    if args.ttl:
+        claims["exp"] = int(time.time()) + args.ttl
+    if args.channel:
+        claims["channel"] = args.channel
+    if args.info:
+        try:
+            claims["info"] = json.loads(args.info)
+        except json.JSONDecodeError as exc:
+            print(f"sentchat: --info is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+    print(sign_token(secret, claims))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentchat", description="SENTchat real-time gateway")
+    parser.add_argument("--version", action="version", version=f"sentchat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file (default: embedded defaults; env SENTCHAT_CONFIG)")
+        p.add_argument("--centrifugo-config", help="import a Centrifugo v6 JSON config")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    common(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8000; env SENTCHAT_HTTP_PORT)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--log-level", default=os.environ.get("SENTCHAT_LOG_LEVEL", "INFO"))
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a connection (or subscription) JWT")
+    common(token)
+    token.add_argument("--user", required=True, help="user id (sub claim)")
+    token.add_argument("--ttl", type=int, default=0, help="seconds until exp (default: no exp)")
+    token.add_argument("--channel", help="make a subscription token for this channel")
+    token.add_argument("--info", help="JSON attached as the info claim")
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # websockets logs every handshake at INFO; at 50k connections that is noise.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

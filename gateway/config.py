@@ -1,0 +1,432 @@
+"""Settings: one TOML file, SENTCHAT_* environment overrides, Centrifugo config import.
+
+A bad file is refused at start with a message naming the key (``ConfigError``). Durations
+accept seconds (number) or strings such as "500ms", "25s", "5m", "1h", "7d".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from centrifugo_bridge.channels import ChannelOptions, ChannelRules
+from centrifugo_bridge.session import SessionConfig
+
+__all__ = ["ConfigError", "Settings", "build_settings", "import_centrifugo", "load_settings", "parse_duration"]
+
+
+class ConfigError(ValueError):
+    """Configuration refused; the message names the offending key."""
+
+
+class TokenSettings(msgspec.Struct, forbid_unknown_fields=True):
+    hmac_secret_key: str = ""
+    rsa_public_key: str = ""
+    ecdsa_public_key: str = ""
+    jwks_public_endpoint: str = ""
+    # Checked only when set (Centrifugo client.token.audience / issuer).
+    audience: str = ""
+    issuer: str = ""
+    user_id_claim: str = "sub"
+    # Seconds a JWKS key set is cached before it is fetched again.
+    jwks_cache_ttl: float = 300.0
+
+
+class ClientSettings(msgspec.Struct, forbid_unknown_fields=True):
+    token: TokenSettings = msgspec.field(default_factory=TokenSettings)
+    # A separate key set for subscription tokens; unset = same as `token`.
+    subscription_token: TokenSettings | None = None
+    allowed_origins: list[str] = []
+    allow_anonymous_connect_without_token: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    subscribe_to_user_personal_channel: bool = False
+    personal_channel_namespace: str = ""
+    ping_interval: float = 25.0
+    pong_timeout: float = 8.0
+    stale_close_delay: float = 10.0
+    expired_close_delay: float = 25.0
+    expired_sub_close_delay: float = 25.0
+    channel_limit: int = 128
+    history_max_publication_limit: int = 300
+    recovery_max_publication_limit: int = 300
+    # Inbound WebSocket message limit (Centrifugo websocket.message_size_limit); larger -> 1009.
+    message_size_limit: int = 65536
+    # A subscriber whose unsent bytes pass this is disconnected with 3008 (slow) instead of
+    # growing memory without bound.
+    write_buffer_limit: int = 4 * 1024 * 1024
+
+
+class HttpSettings(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Request line + headers; larger requests get 431.
+    max_header_size: int = 16384
+    # HTTP API bodies; larger get 413.
+    max_body_size: int = 1024 * 1024
+    # Listen backlog: connect storms need more than the default 100 (machine somaxconn 4096).
+    backlog: int = 4096
+
+
+class HttpApiSettings(msgspec.Struct, forbid_unknown_fields=True):
+    key: str = ""
+    # Development only: no key check at all.
+    insecure: bool = False
+
+
+class NodeSettings(msgspec.Struct, forbid_unknown_fields=True):
+    name: str = ""
+    workers: int = 1
+
+
+class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
+    name: str = ""
+
+
+class ChannelSettings(msgspec.Struct, forbid_unknown_fields=True):
+    without_namespace: ChannelOptions = msgspec.field(default_factory=ChannelOptions)
+    namespaces: list[NamespaceSettings] = []
+    private_prefix: str = "$"
+    namespace_boundary: str = ":"
+    user_boundary: str = "#"
+    user_separator: str = ","
+    max_length: int = 255
+    insecure: bool = False
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    http_api: HttpApiSettings = msgspec.field(default_factory=HttpApiSettings)
+    client: ClientSettings = msgspec.field(default_factory=ClientSettings)
+    channel: ChannelSettings = msgspec.field(default_factory=ChannelSettings)
+    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
+
+    def channel_rules(self) -> ChannelRules:
+        ch = self.channel
+        namespaces = {}
+        for ns in ch.namespaces:
+            fields = msgspec.structs.asdict(ns)
+            fields.pop("name")
+            namespaces[ns.name] = ChannelOptions(**fields)
+        return ChannelRules(
+            without_namespace=ch.without_namespace, namespaces=namespaces,
+            private_prefix=ch.private_prefix, namespace_boundary=ch.namespace_boundary,
+            user_boundary=ch.user_boundary, user_separator=ch.user_separator,
+            max_length=ch.max_length, insecure=ch.insecure)
+
+    def session_config(self, version: str) -> SessionConfig:
+        c = self.client
+        return SessionConfig(
+            version=version, ping_interval=c.ping_interval, pong_timeout=c.pong_timeout,
+            stale_close_delay=c.stale_close_delay, expired_close_delay=c.expired_close_delay,
+            expired_sub_close_delay=c.expired_sub_close_delay,
+            allow_anonymous_connect_without_token=c.allow_anonymous_connect_without_token,
+            disallow_anonymous_connection_tokens=c.disallow_anonymous_connection_tokens,
+            subscribe_to_user_personal_channel=c.subscribe_to_user_personal_channel,
+            personal_channel_namespace=c.personal_channel_namespace,
+            channel_limit=c.channel_limit,
+            history_max_publication_limit=c.history_max_publication_limit,
+            recovery_max_publication_limit=c.recovery_max_publication_limit,
+            user_id_claim=c.token.user_id_claim)
+
+
+DURATION_KEYS = frozenset({
+    "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
+    "expired_sub_close_delay", "history_ttl", "retention", "jwks_cache_ttl",
+})
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from a number or a string like "300s" (ConfigError naming ``key``)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config key {key}: expected a duration, got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"config key {key}: duration must be >= 0")
+        return float(value)
+    if isinstance(value, str):
+        # Go durations can chain units ("1m30s"); accept that too.
+        total, pos = 0.0, 0
+        for m in re.finditer(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", value.strip()):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos and pos == len(value.strip()):
+            return total
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ConfigError(f"config key {key}: expected a duration like \"25s\", got {value!r}")
+
+
+def _normalise(data: Any, path: str = "") -> Any:
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            key = f"{path}.{k}" if path else str(k)
+            if k in DURATION_KEYS and v is not None:
+                out[k] = parse_duration(v, key)
+            else:
+                out[k] = _normalise(v, key)
+        return out
+    if isinstance(data, list):
+        return [_normalise(v, f"{path}[{i}]") for i, v in enumerate(data)]
+    return data
+
+
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def _explain(exc: Exception) -> str:
+    msg = str(exc)
+    m = _PATH.search(msg)
+    where = ""
+    if m:
+        where = m.group(1).lstrip(".")
+        msg = msg[: m.start()]
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", msg)
+    if unknown:
+        key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        return f"config key {key}: unknown key"
+    return f"config key {where or '(root)'}: {msg}"
+
+
+def build_settings(data: dict[str, Any]) -> Settings:
+    """Validate a settings mapping (from TOML, env, or an imported Centrifugo config)."""
+    try:
+        settings = msgspec.convert(_normalise(data), Settings)
+    except (msgspec.ValidationError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(_explain(exc)) from None
+    names = [ns.name for ns in settings.channel.namespaces]
+    for i, name in enumerate(names):
+        if not name:
+            raise ConfigError(f"config key channel.namespaces[{i}].name: required")
+        if names.count(name) > 1:
+            raise ConfigError(f"config key channel.namespaces[{i}].name: duplicate namespace {name!r}")
+    try:
+        settings.channel_rules()
+    except ValueError as exc:
+        raise ConfigError(f"config key channel.namespaces: {exc}") from None
+    if not 0 < settings.http.port < 65536:
+        raise ConfigError("config key http.port: must be 1-65535")
+    if settings.node.workers < 1:
+        raise ConfigError("config key node.workers: must be >= 1")
+    return settings
+
+
+# Environment variables fixed by the issue tracker, plus a generic form
+# SENTCHAT_<SECTION>__<KEY>[__<KEY>...] for everything else.
+ENV_KEYS = {
+    "SENTCHAT_HTTP_PORT": ("http", "port"),
+    "SENTCHAT_HTTP_HOST": ("http", "host"),
+    "SENTCHAT_API_KEY": ("http_api", "key"),
+    "SENTCHAT_TOKEN_HMAC_SECRET": ("client", "token", "hmac_secret_key"),
+    "SENTCHAT_WORKERS": ("node", "workers"),
+}
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    """Overlay SENTCHAT_* variables onto a settings mapping."""
+    for name, value in environ.items():
+        if name in ENV_KEYS:
+            path = ENV_KEYS[name]
+            # Secrets and host stay strings even if they look like numbers.
+            _set(data, path, int(value) if path[-1] in ("port", "workers") and value.isdigit() else value)
+        elif name.startswith("SENTCHAT_") and "__" in name:
+            path = tuple(p.lower() for p in name[len("SENTCHAT_"):].split("__"))
+            _set(data, path, _env_value(value))
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, centrifugo: str | None = None,
+                  environ: dict[str, str] | None = None,
+                  overrides: dict[tuple[str, ...], Any] | None = None) -> tuple[Settings, list[str]]:
+    """Load settings: defaults <- TOML file (or imported Centrifugo JSON) <- environment <-
+    explicit overrides (command-line flags). Returns settings and warnings."""
+    environ = dict(os.environ if environ is None else environ)
+    warnings: list[str] = []
+    data: dict[str, Any] = {}
+    if path is None:
+        path = environ.get("SENTCHAT_CONFIG") or None
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if centrifugo is not None:
+        imported, warnings = import_centrifugo(centrifugo)
+        data = _merge(data, imported)
+    apply_env(data, environ)
+    for key, value in (overrides or {}).items():
+        _set(data, key, value)
+    return build_settings(data), warnings
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ---- Centrifugo v6 JSON import ----------------------------------------------------------
+
+_NS_OPTIONS = set(ChannelOptions.__struct_fields__)
+_TOKEN_KEYS = {"hmac_secret_key", "rsa_public_key", "ecdsa_public_key", "jwks_public_endpoint",
+               "audience", "issuer", "user_id_claim"}
+_CLIENT_KEYS = {"allowed_origins", "allow_anonymous_connect_without_token",
+                "disallow_anonymous_connection_tokens", "subscribe_to_user_personal_channel",
+                "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
+                "expired_sub_close_delay", "channel_limit", "history_max_publication_limit",
+                "recovery_max_publication_limit", "insecure"}
+
+
+def import_centrifugo(path: str) -> tuple[dict[str, Any], list[str]]:
+    """Translate a Centrifugo v6 JSON config into our settings mapping.
+
+    Returns the mapping and one warning listing options SENTchat does not implement.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"centrifugo config {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"centrifugo config {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"centrifugo config {path}: top level must be an object")
+    ignored: list[str] = []
+    out: dict[str, Any] = {}
+
+    def section(name: str) -> dict[str, Any]:
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"centrifugo config key {name}: must be an object")
+        return value
+
+    client = section("client")
+    c_out: dict[str, Any] = {}
+    for key, value in client.items():
+        if key in ("token", "subscription_token"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"centrifugo config key client.{key}: must be an object")
+            tok: dict[str, Any] = {}
+            for tk, tv in value.items():
+                if tk in _TOKEN_KEYS:
+                    if tv not in ("", None):
+                        tok[tk] = tv
+                elif tk == "enabled":
+                    continue
+                elif tv not in (False, "", None, [], {}):
+                    ignored.append(f"client.{key}.{tk}")
+            if key == "token" or value.get("enabled"):
+                c_out[key] = tok
+        elif key == "subscribe_to_user_personal_channel":
+            if isinstance(value, dict):
+                c_out[key] = bool(value.get("enabled", False))
+                if value.get("personal_channel_namespace"):
+                    c_out["personal_channel_namespace"] = value["personal_channel_namespace"]
+            else:
+                c_out[key] = bool(value)
+        elif key == "insecure":
+            if value:
+                out.setdefault("channel", {})["insecure"] = True
+                c_out["allow_anonymous_connect_without_token"] = True
+        elif key in _CLIENT_KEYS:
+            c_out[key] = value
+        elif value not in (False, "", None, [], {}, 0):
+            ignored.append(f"client.{key}")
+    if c_out:
+        out["client"] = c_out
+
+    api = section("http_api")
+    if api:
+        a_out: dict[str, Any] = {}
+        for key, value in api.items():
+            if key in ("key", "insecure"):
+                a_out[key] = value
+            elif value not in (False, "", None, [], {}) and key != "handler_prefix":
+                ignored.append(f"http_api.{key}")
+        out["http_api"] = a_out
+
+    http_server = section("http_server")
+    if "port" in http_server:
+        out["http"] = {"port": int(http_server["port"])}
+    if "address" in http_server and http_server["address"]:
+        out.setdefault("http", {})["host"] = http_server["address"]
+
+    channel = section("channel")
+    ch_out: dict[str, Any] = {}
+    for key, value in channel.items():
+        if key == "without_namespace":
+            ch_out[key] = _namespace_options(value, "channel.without_namespace", ignored)
+        elif key == "namespaces":
+            if not isinstance(value, list):
+                raise ConfigError("centrifugo config key channel.namespaces: must be a list")
+            nss = []
+            for i, ns in enumerate(value):
+                if not isinstance(ns, dict) or not ns.get("name"):
+                    raise ConfigError(f"centrifugo config key channel.namespaces[{i}].name: required")
+                opts = _namespace_options(ns, f"channel.namespaces[{i}]", ignored)
+                opts["name"] = ns["name"]
+                nss.append(opts)
+            ch_out[key] = nss
+        elif key in ("private_prefix", "namespace_boundary", "user_boundary", "user_separator", "max_length"):
+            ch_out[key] = value
+        elif value not in (False, "", None, [], {}):
+            ignored.append(f"channel.{key}")
+    if ch_out:
+        out["channel"] = _merge(out.get("channel", {}), ch_out)
+
+    for key, value in raw.items():
+        if key not in ("client", "http_api", "channel", "http_server") and value not in (False, "", None, [], {}):
+            ignored.append(key)
+    warnings = []
+    if ignored:
+        warnings.append("centrifugo config: options not implemented by SENTchat and ignored: "
+                        + ", ".join(sorted(ignored)))
+    return out, warnings
+
+
+def _namespace_options(value: Any, where: str, ignored: list[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"centrifugo config key {where}: must be an object")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "name":
+            continue
+        if key in _NS_OPTIONS:
+            out[key] = item
+        elif item not in (False, "", None, [], {}, 0):
+            ignored.append(f"{where}.{key}")
+    return out

@@ -1,0 +1,102 @@
+"""Local subscribers of each channel and encode-once fan-out.
+
+The hub knows which connections of this process hold which channels. For each publication
+it encodes the push once per codec in use and builds the WebSocket frame once; the cost per
+subscriber is one ``write`` of shared bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from centrifugo_bridge.codecs import JSON, Codec
+from centrifugo_bridge.protocol import ClientInfo, Join, Leave, Publication, Push, Reply
+from gateway.frames import build_frame
+
+
+class Subscriber(Protocol):
+    codec: Codec
+
+    def write_frame(self, frame: bytes) -> None: ...
+
+
+class Hub:
+    """channel -> {subscriber: wants join/leave pushes}."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[Subscriber, bool]] = {}
+        self.num_subscriptions = 0
+        self.deliveries = 0
+
+    def add(self, channel: str, sub: Subscriber, push_join_leave: bool) -> bool:
+        """Register ``sub``; True when it is the first local subscriber of ``channel``."""
+        subs = self._channels.get(channel)
+        first = subs is None
+        if subs is None:
+            subs = self._channels[channel] = {}
+        if sub not in subs:
+            self.num_subscriptions += 1
+        subs[sub] = push_join_leave
+        return first
+
+    def remove(self, channel: str, sub: Subscriber) -> bool:
+        """Unregister ``sub``; True when ``channel`` has no local subscriber left."""
+        subs = self._channels.get(channel)
+        if subs is None or sub not in subs:
+            return False
+        del subs[sub]
+        self.num_subscriptions -= 1
+        if not subs:
+            del self._channels[channel]
+            return True
+        return False
+
+    def channels(self) -> dict[str, int]:
+        return {ch: len(subs) for ch, subs in self._channels.items()}
+
+    def num_channels(self) -> int:
+        return len(self._channels)
+
+    def num_subscribers(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    def publish(self, channel: str, pub: Publication) -> int:
+        """Write ``pub`` to every local subscriber; returns the number of writes."""
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        return self._fan_out(subs, Reply(push=Push(channel=channel, pub=pub)), all_subs=True)
+
+    def join(self, channel: str, info: ClientInfo) -> int:
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        return self._fan_out(subs, Reply(push=Push(channel=channel, join=Join(info=info))), all_subs=False)
+
+    def leave(self, channel: str, info: ClientInfo) -> int:
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        return self._fan_out(subs, Reply(push=Push(channel=channel, leave=Leave(info=info))), all_subs=False)
+
+    def _fan_out(self, subs: dict[Subscriber, bool], reply: Reply, all_subs: bool) -> int:
+        json_frame: bytes | None = None
+        frames: dict[str, bytes] = {}
+        n = 0
+        # Copy: a write may disconnect a slow subscriber, which unsubscribes it.
+        for sub, wants_presence in list(subs.items()):
+            if not all_subs and not wants_presence:
+                continue
+            codec = sub.codec
+            if codec is JSON:
+                if json_frame is None:
+                    json_frame = build_frame(JSON.encode_reply(reply), False)
+                frame = json_frame
+            else:
+                frame = frames.get(codec.name)  # type: ignore[assignment]
+                if frame is None:
+                    frame = frames[codec.name] = build_frame(codec.encode_reply(reply), codec.binary)
+            sub.write_frame(frame)
+            n += 1
+        self.deliveries += n
+        return n

@@ -1,0 +1,28 @@
+"""Prometheus metrics of one gateway process (GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """A private registry per node so tests can run several nodes in one process."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("sentchat_connections", "Open client connections", registry=r)
+        self.subscriptions = Gauge("sentchat_subscriptions", "Channel subscriptions on this process", registry=r)
+        self.commands = Counter("sentchat_commands", "Client commands by method", ["method"], registry=r)
+        self.publications = Counter("sentchat_publications", "Publications accepted", ["source"], registry=r)
+        self.deliveries = Counter("sentchat_deliveries", "Pushes written to client sockets", registry=r)
+        self.errors = Counter("sentchat_errors", "Error replies and disconnects by code", ["code"], registry=r)
+        self.command_seconds = Histogram(
+            "sentchat_command_duration_seconds", "Client command latency", ["method"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.api_requests = Counter("sentchat_api_requests", "Server API calls by method", ["method"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

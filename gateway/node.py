@@ -1,0 +1,311 @@
+"""The object that wires a running node: settings, hub, broker, token verification, metrics,
+connections, and the operations both clients (via effects) and the server API use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from centrifugo_bridge import codes, effects
+from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
+from centrifugo_bridge.protocol import ClientInfo, Publication, Raw, StreamPosition
+from centrifugo_bridge.session import Handler, Session
+from centrifugo_bridge.tokens import InvalidToken, TokenExpired
+from gateway import __version__
+from gateway.auth import TokenVerifier
+from gateway.broker.base import Broker
+from gateway.broker.memory import MemoryBroker
+from gateway.config import Settings
+from gateway.connection import Connection
+from gateway.frames import build_frame
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from gateway.timers import TimerWheel
+
+log = logging.getLogger("sentchat.node")
+
+RPCHandler = Callable[[str, str, bytes], Awaitable[bytes]]
+MessageHandler = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class Node:
+    """One gateway process."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.uid = str(uuid.uuid4())
+        self.name = settings.node.name or f"{socket.gethostname()}_{os.getpid()}"
+        self.started_at = time.time()
+        self.rules = settings.channel_rules()
+        self.session_config = settings.session_config(__version__)
+        self.verifier = TokenVerifier(settings.client.token)
+        sub = settings.client.subscription_token
+        self.sub_verifier = TokenVerifier(sub) if sub is not None else self.verifier
+        self.broker: Broker = broker or MemoryBroker()
+        self.hub = Hub()
+        self.metrics = Metrics()
+        self.timers = TimerWheel()
+        self.write_buffer_limit = settings.client.write_buffer_limit
+        self.connections: dict[str, Connection] = {}
+        self.users: dict[str, set[Connection]] = {}
+        self.rpc_handlers: dict[str, RPCHandler] = {"whoami": self._rpc_whoami}
+        self.message_handler: MessageHandler | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        # Every socket past the WebSocket handshake, connected or still before `connect`.
+        self._all: set[Connection] = set()
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+        self.timers.start()
+
+    async def stop(self) -> None:
+        """Close every connection with 3001 (shutdown: clients reconnect elsewhere)."""
+        self.timers.stop()
+        for conn in list(self._all):
+            conn.close(codes.SHUTDOWN)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.broker.close()
+
+    def new_session(self, codec_name: str) -> Session:
+        from centrifugo_bridge.codecs import codec_for
+
+        return Session(self.session_config, self.rules, codec_for(codec_name),
+                       str(uuid.uuid4()), time.time())
+
+    def attach(self, conn: Connection) -> None:
+        """A socket finished the handshake: watch it for the stale-connect deadline."""
+        self._all.add(conn)
+        self.metrics.connections.inc()
+        conn.reschedule()
+
+    def connection_closed(self, conn: Connection) -> None:
+        self._all.discard(conn)
+        self.metrics.connections.dec()
+        if self.connections.get(conn.client_id) is conn:
+            del self.connections[conn.client_id]
+            user_conns = self.users.get(conn.session.user)
+            if user_conns is not None:
+                user_conns.discard(conn)
+                if not user_conns:
+                    del self.users[conn.session.user]
+        for effect in conn.session.close():
+            self.detach(effect, conn)
+
+    def detach(self, effect: effects.UnsubscribeChannel, conn: Connection) -> None:
+        """Unsubscribe without waiting (timer expiry, disconnect)."""
+        self._spawn(self._unsubscribe(effect, conn))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+
+    # ---- driving a session handler ----------------------------------------------------
+
+    async def drive(self, gen: Handler, conn: Connection) -> Any:
+        """Run a session generator to completion, performing each effect it yields."""
+        try:
+            effect = next(gen)
+            while True:
+                try:
+                    value = await self.perform(effect, conn)
+                except (ClientError, DisconnectError, TokenExpired, InvalidToken) as exc:
+                    effect = gen.throw(exc)
+                    continue
+                except Exception:
+                    log.exception("effect %s failed", type(effect).__name__)
+                    effect = gen.throw(codes.error(codes.INTERNAL))
+                    continue
+                effect = gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+
+    async def perform(self, effect: effects.Effect, conn: Connection) -> Any:
+        """Carry out one effect for ``conn``."""
+        match effect:
+            case effects.PublishToChannel():
+                return await self.publish(effect.channel, effect.data, info=effect.info,
+                                          source="client")
+            case effects.SubscribeChannel():
+                return await self._subscribe(effect, conn)
+            case effects.UnsubscribeChannel():
+                return await self._unsubscribe(effect, conn)
+            case effects.ReadPresence():
+                return await self.broker.presence(effect.channel)
+            case effects.ReadPresenceStats():
+                return await self.broker.presence_stats(effect.channel)
+            case effects.ReadHistory():
+                return await self.broker.history(effect.channel, effect.limit, effect.since,
+                                                 effect.reverse)
+            case effects.VerifyConnectionToken():
+                if not self.verifier.configured:
+                    raise InvalidToken("no token keys configured")
+                return await self.verifier.verify(effect.token)
+            case effects.VerifySubscriptionToken():
+                if not self.sub_verifier.configured:
+                    raise InvalidToken("no token keys configured")
+                return await self.sub_verifier.verify(effect.token)
+            case effects.Register():
+                self.connections[effect.client] = conn
+                self.users.setdefault(effect.user, set()).add(conn)
+                return None
+            case effects.CallRPC():
+                handler = self.rpc_handlers.get(effect.method)
+                if handler is None:
+                    raise codes.error(codes.METHOD_NOT_FOUND)
+                return await handler(effect.user, effect.client, effect.data)
+            case effects.SendMessage():
+                if self.message_handler is None:
+                    raise DisconnectError(codes.NOT_AVAILABLE_DISCONNECT)
+                await self.message_handler(effect.user, effect.client, effect.data)
+                return None
+        raise TypeError(f"unknown effect {effect!r}")
+
+    async def _subscribe(self, eff: effects.SubscribeChannel, conn: Connection) -> effects.StreamState:
+        channel, opts = eff.channel, eff.options
+        if self.hub.add(channel, conn, eff.push_join_leave):
+            await self.broker.subscribe(channel)
+        self.metrics.subscriptions.inc()
+        state = effects.StreamState()
+        if opts.history_enabled:
+            if eff.since is None:
+                state = await self.broker.history(channel, 0, None, False)
+            else:
+                try:
+                    if eff.cache_recovery:
+                        state = await self.broker.history(channel, 1, None, True)
+                    else:
+                        # One more than the limit: the session tells "too many" from "exact".
+                        state = await self.broker.history(channel, eff.recovery_limit + 1,
+                                                          eff.since, False)
+                except ClientError as exc:
+                    if exc.code != codes.UNRECOVERABLE_POSITION[0]:
+                        raise
+                    state = await self.broker.history(channel, 0, None, False)
+        if opts.presence:
+            await self.broker.add_presence(channel, eff.info)
+        if opts.join_leave:
+            # After the subscribe reply is written, as Centrifuge does.
+            self._spawn(self.broker.publish_join(channel, eff.info))
+        return state
+
+    async def _unsubscribe(self, eff: effects.UnsubscribeChannel, conn: Connection) -> None:
+        channel, opts = eff.channel, eff.options
+        if self.hub.remove(channel, conn):
+            await self.broker.unsubscribe(channel)
+        self.metrics.subscriptions.dec()
+        if opts.presence:
+            await self.broker.remove_presence(channel, eff.info.client)
+        if opts.join_leave:
+            await self.broker.publish_leave(channel, eff.info)
+
+    # ---- Deliveries (called by the broker) --------------------------------------------
+
+    def deliver_publication(self, channel: str, pub: Publication) -> None:
+        n = self.hub.publish(channel, pub)
+        if n:
+            self.metrics.deliveries.inc(n)
+
+    def deliver_join(self, channel: str, info: ClientInfo) -> None:
+        self.metrics.deliveries.inc(self.hub.join(channel, info))
+
+    def deliver_leave(self, channel: str, info: ClientInfo) -> None:
+        self.metrics.deliveries.inc(self.hub.leave(channel, info))
+
+    # ---- operations shared by clients and the server API ------------------------------
+
+    async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None = None,
+                      tags: dict[str, str] | None = None, skip_history: bool = False,
+                      source: str = "api") -> StreamPosition:
+        """Publish ``data`` into ``channel`` with its namespace's history options."""
+        res = self.rules.resolve(channel)
+        opts = res.options
+        pub = Publication(data=Raw(data), info=info, tags=tags or {})
+        size, ttl = (0, 0.0) if skip_history else (opts.history_size, opts.history_ttl)
+        position = await self.broker.publish(channel, pub, size, ttl)
+        self.metrics.publications.labels(source).inc()
+        return position
+
+    def user_connections(self, user: str, client: str = "") -> list[Connection]:
+        if client:
+            conn = self.connections.get(client)
+            return [conn] if conn is not None and (not user or conn.session.user == user) else []
+        return list(self.users.get(user, ()))
+
+    async def server_subscribe(self, user: str, channel: str, *, client: str = "",
+                               info: bytes = b"", data: bytes = b"",
+                               since: StreamPosition | None = None, override: Any = None,
+                               expire_at: int = 0) -> None:
+        self.rules.resolve(channel)
+        for conn in self.user_connections(user, client):
+            if conn.closed:
+                continue
+            gen = conn.session.server_subscribe(channel, info, data, float(expire_at), override,
+                                                since, time.time())
+            try:
+                payload = await self.drive(gen, conn)
+            except DisconnectError as exc:
+                conn.close(exc.disconnect)
+                continue
+            if payload:
+                conn.write_frame(build_frame(payload, conn.codec.binary))
+                conn.reschedule()
+
+    def server_unsubscribe(self, user: str, channel: str, client: str = "") -> None:
+        for conn in self.user_connections(user, client):
+            out = conn.session.server_unsubscribe(channel, *codes.UNSUBSCRIBE_SERVER)
+            if out is not None:
+                payload, effect = out
+                conn.write_frame(build_frame(payload, conn.codec.binary))
+                self.detach(effect, conn)
+
+    def disconnect(self, user: str, disconnect: Disconnect, client: str = "",
+                   whitelist: list[str] | None = None) -> None:
+        keep = set(whitelist or ())
+        for conn in self.user_connections(user, client):
+            if conn.client_id not in keep:
+                conn.close(disconnect)
+
+    def refresh(self, user: str, *, client: str = "", expired: bool = False,
+                expire_at: int = 0, info: bytes | None = None) -> None:
+        for conn in self.user_connections(user, client):
+            if expired:
+                conn.close(codes.CONNECTION_EXPIRED)
+                continue
+            conn.session.expire_at = float(expire_at)
+            if info is not None:
+                conn.session.conn_info = info
+            conn.reschedule()
+
+    def info(self) -> dict[str, Any]:
+        """This node's entry of the `info` API method."""
+        users = {u for u in self.users if u}
+        return {
+            "uid": self.uid, "name": self.name, "version": __version__,
+            "num_clients": len(self.connections), "num_users": len(users),
+            "num_channels": self.hub.num_channels(), "uptime": int(time.time() - self.started_at),
+            "num_subs": self.hub.num_subscriptions,
+        }
+
+    async def _rpc_whoami(self, user: str, client: str, data: bytes) -> bytes:
+        import orjson
+
+        return orjson.dumps({"user": user, "client": client, "node": self.name})
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
+
+
+__all__ = ["Node"]

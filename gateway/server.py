@@ -1,0 +1,210 @@
+"""The gateway's listening socket: one asyncio.Protocol per TCP connection.
+
+Plain HTTP (server API, health, metrics) and the WebSocket endpoint share the port. A
+WebSocket is upgraded with websockets' sans-I/O ServerProtocol and then handed to a
+``Connection``; no task runs for an idle socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import socket
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import orjson
+from websockets.server import ServerProtocol
+
+from gateway.api import ServerApi, authorized
+from gateway.connection import Connection
+from gateway.http import HttpError, RequestHead, parse_head, response
+from gateway.metrics import CONTENT_TYPE_LATEST
+from gateway.node import Node
+
+log = logging.getLogger("sentchat.server")
+
+WEBSOCKET_PATH = "/connection/websocket"
+API_PREFIX = "/api/"
+SUBPROTOCOLS = ["centrifuge-protobuf", "centrifuge-json"]
+
+
+def _select_subprotocol(_: ServerProtocol, offered: Sequence[str]) -> str | None:
+    # Echo what the client asked for (browsers fail the handshake otherwise); no subprotocol
+    # means JSON.
+    for proto in SUBPROTOCOLS:
+        if proto in offered:
+            return proto
+    return None
+
+
+def origin_allowed(origin: str | None, host: str, allowed: list[str]) -> bool:
+    """Centrifugo's origin check: no Origin header, a listed pattern, or the same host."""
+    if origin is None:
+        return True
+    origin = origin.lower()
+    for pattern in allowed:
+        if pattern == "*" or fnmatch.fnmatchcase(origin, pattern.lower()):
+            return True
+    return urlsplit(origin).netloc == host.lower()
+
+
+class GatewayProtocol(asyncio.Protocol):
+    """HTTP until a WebSocket upgrade, then a thin shim in front of a Connection."""
+
+    __slots__ = ("node", "api", "transport", "buf", "conn", "busy", "closing")
+
+    def __init__(self, node: Node, api: ServerApi) -> None:
+        self.node = node
+        self.api = api
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.conn: Connection | None = None
+        self.busy = False
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.data_received(data)
+            return
+        self.buf += data
+        if not self.busy:
+            self._next_request()
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None:
+            self.conn.eof_received()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.conn.connection_lost()
+            self.conn = None
+
+    # ---- HTTP -------------------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        settings = self.node.settings.http
+        try:
+            head = parse_head(self.buf, settings.max_header_size)
+        except HttpError as exc:
+            self._send(exc.status, exc.message.encode(), keep_alive=False)
+            return
+        if head is None:
+            return
+        if head.path == WEBSOCKET_PATH and head.is_upgrade:
+            del self.buf[: len(head.raw)]
+            self._upgrade(head)
+            return
+        if head.content_length > settings.max_body_size:
+            self._send(413, b"Payload Too Large", keep_alive=False)
+            return
+        total = len(head.raw) + head.content_length
+        if len(self.buf) < total:
+            return
+        body = bytes(self.buf[len(head.raw): total])
+        del self.buf[:total]
+        self.busy = True
+        asyncio.get_running_loop().create_task(self._handle(head, body))
+
+    async def _handle(self, head: RequestHead, body: bytes) -> None:
+        keep_alive = head.keep_alive
+        try:
+            status, payload, ctype = await self._route(head, body)
+        except Exception:
+            log.exception("HTTP handler failed for %s %s", head.method, head.path)
+            status, payload, ctype = 500, b"Internal Server Error", "text/plain; charset=utf-8"
+        self._send(status, payload, ctype, keep_alive=keep_alive)
+        self.busy = False
+        if keep_alive and self.buf and not self.closing:
+            self._next_request()
+
+    async def _route(self, head: RequestHead, body: bytes) -> tuple[int, bytes, str]:
+        text = "text/plain; charset=utf-8"
+        path = head.path
+        if path.startswith(API_PREFIX):
+            if head.method != "POST":
+                return 405, b"Method Not Allowed", text
+            api = self.node.settings.http_api
+            if not authorized(head.headers, head.query, api.key, api.insecure):
+                return 401, b"", text
+            status, payload = await self.api.call(path[len(API_PREFIX):], body)
+            return status, payload, "application/json" if status == 200 else text
+        if path == "/health":
+            if head.method not in ("GET", "HEAD"):
+                return 405, b"Method Not Allowed", text
+            return 200, orjson.dumps({"status": "ok", "node": self.node.name}), "application/json"
+        if path == "/metrics":
+            if head.method not in ("GET", "HEAD"):
+                return 405, b"Method Not Allowed", text
+            return 200, self.node.metrics.render(), CONTENT_TYPE_LATEST
+        if path == WEBSOCKET_PATH:
+            return 400, b"WebSocket upgrade expected", text
+        return 404, b"Not Found", text
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+              keep_alive: bool = True) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response(status, body, ctype, keep_alive))
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+
+    # ---- WebSocket --------------------------------------------------------------------
+
+    def _upgrade(self, head: RequestHead) -> None:
+        node = self.node
+        client = node.settings.client
+        ws = ServerProtocol(subprotocols=SUBPROTOCOLS, select_subprotocol=_select_subprotocol,
+                            max_size=client.message_size_limit)
+        ws.receive_data(head.raw)
+        events = ws.events_received()
+        transport = self.transport
+        assert transport is not None  # noqa: S101 - set in connection_made
+        if not events:
+            self._send(400, b"Bad WebSocket handshake", keep_alive=False)
+            return
+        request = events[0]
+        origin = head.headers.get("origin")
+        if not origin_allowed(origin, head.headers.get("host", ""), client.allowed_origins):
+            resp = ws.reject(403, "Request origin is not allowed\n")
+        else:
+            resp = ws.accept(request)  # type: ignore[arg-type]
+        ws.send_response(resp)
+        for chunk in ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+        if resp.status_code != 101:
+            self.closing = True
+            transport.close()
+            return
+        fmt = head.query.get("format") or head.query.get("cf_protocol") or ""
+        protobuf = ws.subprotocol == "centrifuge-protobuf" or fmt == "protobuf"
+        session = node.new_session("protobuf" if protobuf else "json")
+        conn = Connection(node, transport, ws, session)
+        self.conn = conn
+        node.attach(conn)
+        if self.buf:
+            rest = bytes(self.buf)
+            self.buf.clear()
+            conn.data_received(rest)
+
+
+async def serve(node: Node, host: str, port: int, *, reuse_port: bool = False,
+                backlog: int = 4096, sock: socket.socket | None = None) -> asyncio.Server:
+    """Start listening; the node must already be started."""
+    api = ServerApi(node)
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        return await loop.create_server(lambda: GatewayProtocol(node, api), sock=sock,
+                                        backlog=backlog)
+    return await loop.create_server(lambda: GatewayProtocol(node, api), host, port,
+                                    reuse_port=reuse_port or None, backlog=backlog)

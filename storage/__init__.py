@@ -1,0 +1,1 @@
+"""Durable storage (PostgreSQL). Populated by the durable-history issue."""

@@ -1,0 +1,120 @@
+"""Shared fixtures: real gateway nodes listening on loopback, started once per session.
+
+Tests talk to them with the real SDKs (centrifuge-python, centrifuge-js under Node) and the
+real `cent` HTTP API client. Each server is the same Node the CLI builds, from settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import pytest
+
+from gateway.config import Settings, build_settings
+from gateway.node import Node
+from gateway.server import serve
+
+SECRET = "test-secret-0123456789-0123456789-abcdef"
+API_KEY = "test-api-key"
+
+
+def standard_settings(**client: Any) -> dict[str, Any]:
+    """The namespaces every SDK test relies on (see tests/README in each test's docstring)."""
+    full = {
+        "presence": True, "join_leave": True, "history_size": 1000, "history_ttl": "300s",
+        "force_recovery": True, "force_positioning": True,
+        "allow_subscribe_for_client": True, "allow_publish_for_subscriber": True,
+        "allow_presence_for_subscriber": True, "allow_history_for_subscriber": True,
+    }
+    return {
+        "http_api": {"key": API_KEY},
+        "client": {"token": {"hmac_secret_key": SECRET}, **client},
+        "channel": {
+            "without_namespace": {"allow_subscribe_for_client": True, "allow_publish_for_client": True},
+            "namespaces": [
+                {"name": "chat", **full},
+                # Subscribing needs a subscription token (the $ prefix also forces one).
+                {"name": "secret", **full, "allow_subscribe_for_client": False},
+                # dm:#alice,bob — only listed users may subscribe.
+                {"name": "dm", **full, "allow_subscribe_for_client": False,
+                 "allow_user_limited_channels": True},
+                # Nothing allowed for clients: every permission check must fail here.
+                {"name": "locked", "presence": True, "history_size": 10, "history_ttl": "60s"},
+                # Subscribable, but no history / presence at all (108 not available).
+                {"name": "plain", "allow_subscribe_for_client": True, "allow_publish_for_client": True},
+                # A short history window for recovery-limit tests.
+                {"name": "short", **full, "history_size": 5},
+            ],
+        },
+    }
+
+
+@dataclass
+class Server:
+    node: Node
+    server: asyncio.Server
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.http_url}/api"
+
+    @staticmethod
+    def token(user: str, ttl: float | None = 3600, **claims: Any) -> str:
+        """A connection JWT (or subscription JWT when ``channel=`` is given)."""
+        payload: dict[str, Any] = {"sub": user, **claims}
+        if ttl is not None:
+            payload["exp"] = int(time.time() + ttl)
+        return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+async def start_server(settings: Settings | dict[str, Any]) -> Server:
+    if isinstance(settings, dict):
+        settings = build_settings(settings)
+    node = Node(settings)
+    await node.start()
+    server = await serve(node, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return Server(node, server, port)
+
+
+async def stop_server(srv: Server) -> None:
+    srv.server.close()
+    await srv.node.stop()
+    await srv.server.wait_closed()
+
+
+@pytest.fixture(scope="session")
+async def server() -> AsyncIterator[Server]:
+    """The shared gateway with the standard test namespaces."""
+    srv = await start_server(standard_settings())
+    yield srv
+    await stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+async def make_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Factory for gateways with custom settings; all stopped at session end."""
+    started: list[Server] = []
+
+    async def factory(settings: dict[str, Any]) -> Server:
+        srv = await start_server(settings)
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in started:
+        await stop_server(srv)
