@@ -69,8 +69,14 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
 
 
 async def _serve(settings: Settings) -> None:
+    import gc
+
     from gateway.node import Node
     from gateway.server import serve
+
+    # Automatic full collections over thousands of live connections freeze the loop for
+    # hundreds of ms (machine-facts.md); collect young objects far less often instead.
+    gc.set_threshold(50_000, 50, 100)
 
     node = Node(settings)
     await node.start()

@@ -101,8 +101,10 @@ class Node:
             self.detach(effect, conn)
 
     def detach(self, effect: effects.UnsubscribeChannel, conn: Connection) -> None:
-        """Unsubscribe without waiting (timer expiry, disconnect)."""
-        self._spawn(self._unsubscribe(effect, conn))
+        """Unsubscribe without waiting (timer expiry, disconnect): local delivery stops now,
+        the broker-side work (presence, leave) follows in the background."""
+        last = self._unregister(effect.channel, conn)
+        self._spawn(self._broker_unsubscribe(effect, last))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -199,11 +201,17 @@ class Node:
             self._spawn(self.broker.publish_join(channel, eff.info))
         return state
 
-    async def _unsubscribe(self, eff: effects.UnsubscribeChannel, conn: Connection) -> None:
-        channel, opts = eff.channel, eff.options
-        if self.hub.remove(channel, conn):
-            await self.broker.unsubscribe(channel)
+    def _unregister(self, channel: str, conn: Connection) -> bool:
         self.metrics.subscriptions.dec()
+        return self.hub.remove(channel, conn)
+
+    async def _unsubscribe(self, eff: effects.UnsubscribeChannel, conn: Connection) -> None:
+        await self._broker_unsubscribe(eff, self._unregister(eff.channel, conn))
+
+    async def _broker_unsubscribe(self, eff: effects.UnsubscribeChannel, last: bool) -> None:
+        channel, opts = eff.channel, eff.options
+        if last:
+            await self.broker.unsubscribe(channel)
         if opts.presence:
             await self.broker.remove_presence(channel, eff.info.client)
         if opts.join_leave:
