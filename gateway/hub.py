@@ -7,6 +7,7 @@ subscriber is one ``write`` of shared bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from centrifugo_bridge.codecs import JSON, Codec
@@ -25,6 +26,9 @@ class Hub:
 
     def __init__(self) -> None:
         self._channels: dict[str, dict[Subscriber, bool]] = {}
+        # Only the subscribers that asked for join/leave pushes: a join must not scan a
+        # 50,000-subscriber channel where nobody wants it.
+        self._join_leave: dict[str, set[Subscriber]] = {}
         self.num_subscriptions = 0
         self.deliveries = 0
 
@@ -37,6 +41,8 @@ class Hub:
         if sub not in subs:
             self.num_subscriptions += 1
         subs[sub] = push_join_leave
+        if push_join_leave:
+            self._join_leave.setdefault(channel, set()).add(sub)
         return first
 
     def remove(self, channel: str, sub: Subscriber) -> bool:
@@ -44,7 +50,11 @@ class Hub:
         subs = self._channels.get(channel)
         if subs is None or sub not in subs:
             return False
-        del subs[sub]
+        if subs.pop(sub):
+            wanting = self._join_leave[channel]
+            wanting.discard(sub)
+            if not wanting:
+                del self._join_leave[channel]
         self.num_subscriptions -= 1
         if not subs:
             del self._channels[channel]
@@ -65,28 +75,26 @@ class Hub:
         subs = self._channels.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, pub=pub)), all_subs=True)
+        return self._fan_out(subs, Reply(push=Push(channel=channel, pub=pub)))
 
     def join(self, channel: str, info: ClientInfo) -> int:
-        subs = self._channels.get(channel)
+        subs = self._join_leave.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, join=Join(info=info))), all_subs=False)
+        return self._fan_out(subs, Reply(push=Push(channel=channel, join=Join(info=info))))
 
     def leave(self, channel: str, info: ClientInfo) -> int:
-        subs = self._channels.get(channel)
+        subs = self._join_leave.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, leave=Leave(info=info))), all_subs=False)
+        return self._fan_out(subs, Reply(push=Push(channel=channel, leave=Leave(info=info))))
 
-    def _fan_out(self, subs: dict[Subscriber, bool], reply: Reply, all_subs: bool) -> int:
+    def _fan_out(self, subs: Iterable[Subscriber], reply: Reply) -> int:
         json_frame: bytes | None = None
         frames: dict[str, bytes] = {}
         n = 0
         # Copy: a write may disconnect a slow subscriber, which unsubscribes it.
-        for sub, wants_presence in list(subs.items()):
-            if not all_subs and not wants_presence:
-                continue
+        for sub in list(subs):
             codec = sub.codec
             if codec is JSON:
                 if json_frame is None:

@@ -1,0 +1,1 @@
+"""Benchmarks of the SENTchat gateway (run as `python -m bench.<name>`)."""

@@ -1,0 +1,787 @@
+"""Fan-out benchmark: N WebSocket subscribers of one channel, M publications via the HTTP API.
+
+    python -m bench.fanout [--connections N] [--publications M] [--rate R] ...
+
+The script starts `sentchat serve` (one worker) on a free loopback port, opens N connections
+from client processes speaking the Centrifugo JSON protocol (v2) directly, subscribes them all
+to ``chat:bench``, publishes M paced publications with ``POST /api/publish`` and measures what
+each subscriber received. See bench/README.md for how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait as wait_pipes
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import uvloop
+
+from bench.common import (
+    ROOT,
+    GatewayProcess,
+    Histogram,
+    bucket_index,
+    cpu_seconds,
+    free_port,
+    machine_info,
+    rss_kb,
+)
+
+CHANNEL = "chat:bench"
+WS_PATH = "/connection/websocket"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+# ---- client side (runs in each client process) -------------------------------------------
+
+
+def _mask(payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked client frame (RFC 6455 §5.2)."""
+    key = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + key + _mask(payload, key)
+
+
+@dataclass
+class ClientStats:
+    """Everything one client process measures; shipped to the parent as a dict."""
+
+    publications: int
+    deliveries: Histogram = field(default_factory=Histogram)  # receive - actual send
+    from_schedule: Histogram = field(default_factory=Histogram)  # receive - scheduled send
+    connect: Histogram = field(default_factory=Histogram)  # TCP connect .. subscribe reply
+    ready: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    closed: dict[str, int] = field(default_factory=dict)  # closed by the server during the run
+    received: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    out_of_range: int = 0
+    pings: int = 0
+    protocol_errors: int = 0
+    other_pushes: int = 0
+    first_recv_ns: int = 0
+    last_recv_ns: int = 0
+    outstanding: int = 0  # ready connections that still miss publications
+    done: asyncio.Event | None = None
+
+    def fail(self, reason: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+    def close(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+
+
+PONG = client_frame(b"{}")
+
+
+class BenchClient(asyncio.Protocol):
+    """One subscriber: raw WebSocket framing over a transport, no task per connection."""
+
+    __slots__ = ("st", "target", "transport", "buf", "upgraded", "ws_key", "hello", "ready",
+                 "t0", "seen", "count", "max_seq", "finished", "closing", "__weakref__")
+
+    def __init__(self, st: ClientStats, host_header: str, token: str, t0: float,
+                 ready: asyncio.Future[None]) -> None:
+        self.st = st
+        self.target = st.publications
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded = False
+        self.ws_key = base64.b64encode(os.urandom(16))
+        self.hello = (
+            b"GET " + WS_PATH.encode() + b" HTTP/1.1\r\nHost: " + host_header.encode()
+            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + self.ws_key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            # connect and subscribe pipelined in one frame (newline-delimited JSON commands)
+            client_frame(orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})
+                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": CHANNEL}})),
+        )
+        self.ready = ready
+        self.t0 = t0
+        self.seen = bytearray(st.publications)
+        self.count = 0
+        self.max_seq = -1
+        self.finished = False
+        self.closing = False
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.hello[0])
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).decode("latin-1")
+            del buf[: end + 4]
+            if not self._handshake_ok(head):
+                return
+            self.upgraded = True
+            self.transport.write(self.hello[1])  # type: ignore[union-attr]
+        pos = 0
+        n = len(buf)
+        while n - pos >= 2:
+            b0 = buf[pos]
+            ln = buf[pos + 1]
+            if ln & 0x80:
+                self._protocol_error("masked server frame")
+                return
+            hl = 2
+            if ln == 126:
+                if n - pos < 4:
+                    break
+                ln = (buf[pos + 2] << 8) | buf[pos + 3]
+                hl = 4
+            elif ln == 127:
+                if n - pos < 10:
+                    break
+                ln = int.from_bytes(buf[pos + 2: pos + 10], "big")
+                hl = 10
+            end = pos + hl + ln
+            if end > n:
+                break
+            payload = bytes(buf[pos + hl: end])
+            pos = end
+            if not b0 & 0x80:
+                self._protocol_error("fragmented frame")
+                return
+            op = b0 & 0x0F
+            if op == 0x1:
+                self._on_text(payload, now)
+            elif op == 0x8:
+                self._on_close(payload)
+                return
+            elif op == 0x9:
+                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
+            elif op != 0xA:
+                self._protocol_error(f"opcode {op}")
+                return
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        reason = f"connection lost: {type(exc).__name__}" if exc else "connection lost"
+        self._gone(reason)
+
+    # protocol
+
+    def _handshake_ok(self, head: str) -> bool:
+        status = head.split("\r\n", 1)[0]
+        if " 101 " not in status + " ":
+            self._fail_handshake(f"handshake {status[9:12] or status!r}")
+            return False
+        accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
+        if f"sec-websocket-accept: {accept}".lower() not in head.lower():
+            self._fail_handshake("bad Sec-WebSocket-Accept")
+            return False
+        return True
+
+    def _fail_handshake(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        self.closing = True
+        self.transport.abort()  # type: ignore[union-attr]
+
+    def _on_text(self, payload: bytes, now: int) -> None:
+        st = self.st
+        for line in payload.split(b"\n") if b"\n" in payload else (payload,):
+            if line == b"{}":  # server ping (empty reply): answer with an empty command
+                st.pings += 1
+                self.transport.write(PONG)  # type: ignore[union-attr]
+                continue
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self._protocol_error("bad JSON")
+                return
+            push = msg.get("push")
+            if push is not None:
+                pub = push.get("pub")
+                if pub is None:
+                    st.other_pushes += 1
+                    continue
+                data = pub["data"]
+                seq = data["s"]
+                if not 0 <= seq < self.target:
+                    st.out_of_range += 1
+                    continue
+                seen = self.seen
+                if seen[seq]:
+                    st.duplicates += 1
+                    continue
+                seen[seq] = 1
+                lat = (now - data["t"]) // 1000
+                h = st.deliveries
+                h.counts[bucket_index(lat)] += 1
+                h.n += 1
+                h.total += lat
+                if lat > h.max:
+                    h.max = lat
+                lat = (now - data["k"]) // 1000
+                h = st.from_schedule
+                h.counts[bucket_index(lat)] += 1
+                h.n += 1
+                h.total += lat
+                if lat > h.max:
+                    h.max = lat
+                if seq < self.max_seq:
+                    st.reordered += 1
+                else:
+                    self.max_seq = seq
+                st.received += 1
+                if not st.first_recv_ns:
+                    st.first_recv_ns = now
+                st.last_recv_ns = now
+                self.count += 1
+                if self.count >= self.target:
+                    self._complete()
+                continue
+            err = msg.get("error")
+            rid = msg.get("id")
+            if err is not None:
+                reason = f"{'connect' if rid == 1 else 'subscribe' if rid == 2 else 'reply'} error " \
+                         f"{err.get('code')} {err.get('message', '')}"
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError(reason))
+                    self.closing = True
+                    self.transport.abort()  # type: ignore[union-attr]
+                else:
+                    self._protocol_error(reason)
+                return
+            if rid == 2 and not self.ready.done():
+                st.connect.record(int((time.perf_counter() - self.t0) * 1e6))
+                self.ready.set_result(None)
+
+    def _on_close(self, payload: bytes) -> None:
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        reason = payload[2:].decode(errors="replace")
+        if not self.closing:
+            self.closing = True
+            self._gone(f"close {code} {reason}".strip())
+            self.transport.write(client_frame(payload[:2], 0x8))  # type: ignore[union-attr]
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _protocol_error(self, what: str) -> None:
+        self.st.protocol_errors += 1
+        if not self.closing:
+            self.closing = True
+            self._gone(f"protocol error: {what}")
+            self.transport.abort()  # type: ignore[union-attr]
+
+    def _gone(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+            return
+        self.st.close(reason)
+        self._complete()
+
+    def _complete(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        st = self.st
+        st.outstanding -= 1
+        if st.outstanding <= 0 and st.done is not None:
+            st.done.set()
+
+    def retarget(self, target: int) -> None:
+        """After publishing: wait for ``target`` unique deliveries instead of all M."""
+        self.target = target
+        if self.count >= target:
+            self._complete()
+
+
+async def _pipe_messages(pipe: Pipe) -> asyncio.Queue[Any]:
+    """Messages from the parent as an asyncio queue (None when the parent went away)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            queue.put_nowait(pipe.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(pipe.fileno())
+            queue.put_nowait(None)
+
+    loop.add_reader(pipe.fileno(), readable)
+    return queue
+
+
+async def _connect_one(st: ClientStats, cfg: dict[str, Any], source: str, user: str,
+                       sem: asyncio.Semaphore, clients: list[BenchClient]) -> None:
+    loop = asyncio.get_running_loop()
+    token = jwt.encode({"sub": user}, cfg["secret"], algorithm="HS256")
+    async with sem:
+        t0 = time.perf_counter()
+        ready: asyncio.Future[None] = loop.create_future()
+        proto = BenchClient(st, f"{cfg['host']}:{cfg['port']}", token, t0, ready)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, (cfg["host"], cfg["port"])), cfg["timeout"])
+            await loop.create_connection(lambda: proto, sock=sock)
+        except (TimeoutError, OSError) as exc:
+            sock.close()
+            st.fail(f"tcp connect: {type(exc).__name__} {getattr(exc, 'errno', '') or ''}".strip())
+            return
+        try:
+            await asyncio.wait_for(ready, cfg["timeout"])
+        except TimeoutError:
+            st.fail("timeout waiting for subscribe reply")
+            proto.closing = True
+            if proto.transport is not None:
+                proto.transport.abort()
+            return
+        except ConnectionError as exc:
+            st.fail(str(exc))
+            return
+    clients.append(proto)
+    st.ready += 1
+
+
+async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
+    loop = asyncio.get_running_loop()
+    inbox = await _pipe_messages(pipe)
+    st = ClientStats(cfg["publications"])
+    st.done = asyncio.Event()
+    source = f"127.0.0.{2 + index}"
+    count = cfg["counts"][index]
+    first_user = sum(cfg["counts"][:index])
+    clients: list[BenchClient] = []
+    pipe.send(("started", os.getpid()))
+
+    async def next_message() -> Any:
+        msg = await inbox.get()
+        if msg is None:  # the parent is gone: stop by ourselves
+            raise SystemExit(0)
+        return msg
+
+    await next_message()  # "connect"
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(cfg["concurrency"])
+    await asyncio.gather(*(_connect_one(st, cfg, source, f"bench-{first_user + i}", sem, clients)
+                           for i in range(count)))
+    connect_s = time.perf_counter() - started
+    # Long-lived objects from now on: keep the collector off them (GC pauses = client latency).
+    gc.collect()
+    gc.freeze()
+    st.outstanding = len([c for c in clients if not c.finished])
+    pipe.send(("ready", {"ready": st.ready, "failed": st.failed, "connect_s": connect_s,
+                         "connect_hist": st.connect.to_dict()}))
+
+    msg = await next_message()  # ("finish", published_ok, drain_s) or ("abort",)
+    if msg[0] == "finish":
+        _, published, drain_s = msg
+        for c in clients:
+            c.retarget(published)
+        if st.outstanding > 0:
+            try:
+                await asyncio.wait_for(st.done.wait(), drain_s)
+            except TimeoutError:
+                pass
+        missing = 0
+        for c in clients:
+            if c.count < published:
+                missing += published - c.seen.count(1, 0, published)
+        ru = os.times()
+        pipe.send(("result", {
+            "source": source, "ready": st.ready, "received": st.received,
+            "missing": missing, "duplicates": st.duplicates, "reordered": st.reordered,
+            "out_of_range": st.out_of_range, "pings": st.pings, "closed": st.closed,
+            "protocol_errors": st.protocol_errors, "other_pushes": st.other_pushes,
+            "first_recv_ns": st.first_recv_ns, "last_recv_ns": st.last_recv_ns,
+            "incomplete": sum(1 for c in clients if c.count < published),
+            "latency": st.deliveries.to_dict(), "latency_sched": st.from_schedule.to_dict(),
+            "cpu_s": ru.user + ru.system, "rss_kb": rss_kb(os.getpid()),
+        }))
+        await next_message()  # "exit"
+    for c in clients:
+        c.closing = True
+        if c.transport is not None:
+            c.transport.abort()
+    await asyncio.sleep(0)
+    loop.remove_reader(pipe.fileno())
+
+
+def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
+    # Hard stop: a client process never outlives the benchmark's own deadline.
+    import signal
+
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+    signal.alarm(int(cfg["hard_limit_s"]))
+    try:
+        uvloop.run(_client_main(index, cfg, pipe))
+    except SystemExit:
+        pass
+    finally:
+        pipe.close()
+
+
+# ---- publisher (parent process) ---------------------------------------------------------
+
+
+async def publish_all(host: str, port: int, api_key: str, count: int, rate: float,
+                      payload_bytes: int, call_timeout: float) -> dict[str, Any]:
+    """POST /api/publish ``count`` times on one keep-alive connection, paced at ``rate``/s."""
+    head = (f"POST /api/publish HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {api_key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: ").encode()
+    prefix = b'{"channel":"' + CHANNEL.encode() + b'","data":'
+    calls = Histogram()
+    errors: dict[str, int] = {}
+    failed: list[int] = []
+    lag = Histogram()
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    period_ns = int(1e9 / rate) if rate > 0 else 0
+    t0 = time.time_ns() + 50_000_000
+    for seq in range(count):
+        sched = t0 + seq * period_ns
+        delay = sched - time.time_ns()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
+        try:
+            if writer is None:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), call_timeout)
+            assert reader is not None  # noqa: S101
+            sent = time.time_ns()
+            data = b'{"s":%d,"t":%d,"k":%d,"p":"' % (seq, sent, sched)
+            pad = max(0, payload_bytes - len(data) - 2)
+            body = prefix + data + b"x" * pad + b'"}}'
+            writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            lag.record(max(0, (sent - sched) // 1000))
+            resp_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), call_timeout)
+            length = 0
+            for line in resp_head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            resp = await asyncio.wait_for(reader.readexactly(length), call_timeout)
+            calls.record((time.time_ns() - sent) // 1000)
+            status = resp_head[9:12]
+            if status != b"200" or not resp.startswith(b'{"result"'):
+                key = f"HTTP {status.decode()} {resp[:120].decode(errors='replace')}"
+                errors[key] = errors.get(key, 0) + 1
+                failed.append(seq)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            key = f"{type(exc).__name__}: {exc}"[:200]
+            errors[key] = errors.get(key, 0) + 1
+            failed.append(seq)
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+    wall = (time.time_ns() - t0) / 1e9
+    return {"t0_ns": t0, "wall_s": wall, "calls": calls, "lag": lag, "errors": errors,
+            "failed": failed, "ok": count - len(failed)}
+
+
+# ---- orchestration ----------------------------------------------------------------------
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _collect(pipes: list[Pipe], kind: str, timeout: float) -> list[Any]:
+    """One ``kind`` message from every pipe within ``timeout`` seconds."""
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(pipes):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"client processes did not report {kind!r} within {timeout:.0f} s")
+        for p in wait_pipes([p for i, p in enumerate(pipes) if i not in got], left):
+            i = pipes.index(p)  # type: ignore[arg-type]
+            try:
+                msg = p.recv()  # type: ignore[union-attr]
+            except EOFError:
+                raise RuntimeError(f"client process {i} died before {kind!r}") from None
+            if msg[0] != kind:
+                raise RuntimeError(f"client process {i}: expected {kind!r}, got {msg[0]!r}")
+            got[i] = msg[1]
+    return [got[i] for i in range(len(pipes))]
+
+
+def _merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    n, procs = args.connections, args.client_procs
+    if procs < 1 or procs > 250:
+        raise SystemExit("--client-procs must be between 1 and 250")
+    counts = _split(n, procs)
+    if max(counts) > 19_000:
+        raise SystemExit("more than 19,000 connections per client process exceeds the 20,000 "
+                         "open-files limit: raise --client-procs")
+    port = args.port or free_port()
+    server = GatewayProcess(port)
+    result: dict[str, Any] = {
+        "benchmark": "fanout",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [Path(sys.executable).name, "-m", "bench.fanout", *sys.argv[1:]],
+        "machine": machine_info(),
+        "params": {"connections": n, "publications": args.publications, "rate": args.rate,
+                   "payload_bytes": args.payload_bytes, "client_procs": procs, "port": port,
+                   "channel": CHANNEL, "timeout": args.timeout, "server_cmd": server.command()},
+    }
+    ctx = mp.get_context("spawn")
+    children: list[Any] = []
+    pipes: list[Pipe] = []
+    hard_limit = args.timeout * 3 + args.publications / max(args.rate, 1e-9) + 120
+    try:
+        server.start(args.timeout)
+        time.sleep(0.5)
+        cpu_start = cpu_seconds(server.pid)
+        rss0 = rss_kb(server.pid)
+        cfg = {"host": "127.0.0.1", "port": port, "secret": server.secret, "counts": counts,
+               "publications": args.publications, "timeout": args.timeout,
+               "concurrency": args.concurrency, "hard_limit_s": hard_limit}
+        for i in range(procs):
+            parent_end, child_end = ctx.Pipe()
+            p = ctx.Process(target=client_process, args=(i, cfg, child_end), daemon=True,
+                            name=f"fanout-client-{i}")
+            p.start()
+            child_end.close()
+            children.append(p)
+            pipes.append(parent_end)
+        _collect(pipes, "started", args.timeout)
+
+        print(f"gateway pid {server.pid} on 127.0.0.1:{port}; opening {n} connections from "
+              f"{procs} client process(es)...", flush=True)
+        t_connect = time.perf_counter()
+        for p in pipes:
+            p.send(("connect",))
+        ready = _collect(pipes, "ready", args.timeout * 2 + 30)
+        connect_s = time.perf_counter() - t_connect
+        held = sum(r["ready"] for r in ready)
+        connect_hist = Histogram()
+        for r in ready:
+            connect_hist.merge(Histogram.from_dict(r["connect_hist"]))
+        time.sleep(1.0)  # let the server finish join/presence work before measuring
+        rss_n = rss_kb(server.pid)
+        cpu_connected = cpu_seconds(server.pid)
+
+        print(f"{held} connections held; publishing {args.publications} publications at "
+              f"{args.rate:g}/s...", flush=True)
+        pub = uvloop.run(publish_all("127.0.0.1", port, server.api_key, args.publications,
+                                     args.rate, args.payload_bytes, args.timeout))
+        for p in pipes:
+            p.send(("finish", pub["ok"], args.timeout))
+        outcome = _collect(pipes, "result", args.timeout + 30)
+        cpu_end = cpu_seconds(server.pid)
+        rss_end = rss_kb(server.pid)
+        try:
+            metrics = server.metrics()
+        except OSError as exc:
+            metrics = {"error": str(exc)}  # type: ignore[dict-item]
+        for p in pipes:
+            p.send(("exit",))
+        for c in children:
+            c.join(15)
+    finally:
+        for c in children:
+            if c.is_alive():
+                c.terminate()
+                c.join(5)
+        stop_s = server.stop()
+        log_problems, log_lines = server.log_problems()
+        server_log_tail = server.log_tail(10)
+        server.tmp.cleanup()
+
+    lat, lat_sched = Histogram(), Histogram()
+    for o in outcome:
+        lat.merge(Histogram.from_dict(o["latency"]))
+        lat_sched.merge(Histogram.from_dict(o["latency_sched"]))
+    received = sum(o["received"] for o in outcome)
+    expected = held * pub["ok"]
+    first_send = pub["t0_ns"]
+    last_recv = max((o["last_recv_ns"] for o in outcome), default=0)
+    window = (last_recv - first_send) / 1e9 if last_recv > first_send else 0.0
+    result.update({
+        "connections": {
+            "requested": n, "held": held, "failed": _merge_counts([r["failed"] for r in ready]),
+            "connect_s": round(connect_s, 3),
+            "connects_per_s": round(held / connect_s, 1) if connect_s else 0,
+            "per_process_connect_s": [round(r["connect_s"], 3) for r in ready],
+            "connect_latency_ms": connect_hist.summary_ms(),
+            "closed_during_run": _merge_counts([o["closed"] for o in outcome]),
+        },
+        "publish": {
+            "requested": args.publications, "ok": pub["ok"], "errors": pub["errors"],
+            "wall_s": round(pub["wall_s"], 3),
+            "achieved_rate": round(args.publications / pub["wall_s"], 1) if pub["wall_s"] else 0,
+            "http_call_ms": pub["calls"].summary_ms(),
+            "behind_schedule_ms": pub["lag"].summary_ms(),
+        },
+        "deliveries": {
+            "expected": expected, "received": received,
+            "lost": expected - received if expected >= received else 0,
+            "missing_by_bitmap": sum(o["missing"] for o in outcome),
+            "duplicated": sum(o["duplicates"] for o in outcome),
+            "reordered": sum(o["reordered"] for o in outcome),
+            "out_of_range": sum(o["out_of_range"] for o in outcome),
+            "incomplete_connections": sum(o["incomplete"] for o in outcome),
+            "per_s": round(received / window, 1) if window else 0,
+            "window_s": round(window, 3),
+            "latency_ms": lat.summary_ms(),
+            "latency_from_schedule_ms": lat_sched.summary_ms(),
+        },
+        "server": {
+            "pid": server.pid,
+            "rss_kb_0": rss0, "rss_kb_n": rss_n, "rss_kb_end": rss_end,
+            "rss_kb_per_connection": round((rss_n - rss0) / held, 2) if held else None,
+            "cpu_s_total": round(cpu_end, 2),
+            "cpu_s_connect": round(cpu_connected - cpu_start, 2),
+            "cpu_s_publish": round(cpu_end - cpu_connected, 2),
+            "stop_s": round(stop_s, 2), "sigkill": server.killed, "exit_code": server.exit_code,
+            "log_problem_lines": log_problems, "log_problems": log_lines,
+            "metrics": {k: v for k, v in metrics.items()
+                        if k.startswith(("sentchat_deliveries_total", "sentchat_errors_total",
+                                         "sentchat_connections", "sentchat_publications_total",
+                                         "sentchat_subscriptions"))},
+        },
+        "clients": {
+            "pings_answered": sum(o["pings"] for o in outcome),
+            "protocol_errors": sum(o["protocol_errors"] for o in outcome),
+            "other_pushes": sum(o["other_pushes"] for o in outcome),
+            "per_process": [{"source": o["source"], "ready": o["ready"], "cpu_s": round(o["cpu_s"], 2),
+                             "rss_kb": o["rss_kb"]} for o in outcome],
+        },
+    })
+    if log_problems:
+        result["server"]["log_tail"] = server_log_tail
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    c, p, d, s, m = r["connections"], r["publish"], r["deliveries"], r["server"], r["machine"]
+    lat, lats = d["latency_ms"], d["latency_from_schedule_ms"]
+    prm = r["params"]
+    lines = [
+        f"fanout: {prm['connections']} subscribers of {prm['channel']}, {prm['publications']} "
+        f"publications at {prm['rate']:g}/s, {prm['payload_bytes']} B payload, "
+        f"{prm['client_procs']} client process(es)",
+        f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, git {m.get('git', '?')}",
+        f"connections held    {c['held']} / {c['requested']}"
+        + (f"  failed: {c['failed']}" if c["failed"] else ""),
+        f"connect time        {c['connect_s']:.2f} s ({c['connects_per_s']:.0f}/s; per connection "
+        f"P50 {c['connect_latency_ms']['p50']:.1f} ms, P99 {c['connect_latency_ms']['p99']:.1f} ms)",
+        f"publications        {p['ok']} / {p['requested']} ok in {p['wall_s']:.2f} s "
+        f"({p['achieved_rate']:.1f}/s); HTTP call P50 {p['http_call_ms']['p50']:.2f} ms, "
+        f"P99 {p['http_call_ms']['p99']:.2f} ms; max behind schedule {p['behind_schedule_ms']['max']:.1f} ms"
+        + (f"  errors: {p['errors']}" if p["errors"] else ""),
+        f"deliveries          expected {d['expected']}, received {d['received']}",
+        f"lost / dup / reord  {d['lost']} / {d['duplicated']} / {d['reordered']}"
+        + (f"  (connections incomplete: {d['incomplete_connections']})" if d["incomplete_connections"] else ""),
+        f"latency (ms)        P50 {lat['p50']:.2f}  P95 {lat['p95']:.2f}  P99 {lat['p99']:.2f}  "
+        f"max {lat['max']:.2f}",
+        f"  from schedule     P50 {lats['p50']:.2f}  P95 {lats['p95']:.2f}  P99 {lats['p99']:.2f}  "
+        f"max {lats['max']:.2f}",
+        f"deliveries/s        {d['per_s']:.0f} (over {d['window_s']:.2f} s, first send to last receive)",
+        f"server RSS          {s['rss_kb_0'] / 1024:.1f} MiB at 0, {s['rss_kb_n'] / 1024:.1f} MiB at "
+        f"{c['held']} connections ({s['rss_kb_per_connection']} KB/connection), "
+        f"{s['rss_kb_end'] / 1024:.1f} MiB at end",
+        f"server CPU          {s['cpu_s_total']:.2f} s total ({s['cpu_s_connect']:.2f} s connecting, "
+        f"{s['cpu_s_publish']:.2f} s publishing+delivering)",
+        "client processes    " + ", ".join(f"{x['source']}: {x['ready']} conns, {x['cpu_s']:.1f} s CPU"
+                                           for x in r["clients"]["per_process"]),
+    ]
+    if c["closed_during_run"]:
+        lines.append(f"closed by server    {c['closed_during_run']}")
+    if r["clients"]["protocol_errors"] or r["clients"]["other_pushes"]:
+        lines.append(f"client anomalies    protocol errors {r['clients']['protocol_errors']}, "
+                     f"unexpected pushes {r['clients']['other_pushes']}")
+    if s["log_problem_lines"] or s["sigkill"]:
+        lines.append(f"server problems     {s['log_problem_lines']} warning/error log lines, "
+                     f"SIGKILL needed: {s['sigkill']}")
+        lines.extend("    " + x for x in s["log_problems"][:5])
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    ap.add_argument("--connections", type=int, default=1000, help="subscribers (default 1000)")
+    ap.add_argument("--publications", type=int, default=1000, help="publications (default 1000)")
+    ap.add_argument("--rate", type=float, default=200.0, help="publications per second, paced (default 200)")
+    ap.add_argument("--payload-bytes", type=int, default=100,
+                    help="size of each publication's JSON data (default 100; minimum ~55)")
+    ap.add_argument("--client-procs", type=int, default=1,
+                    help="client processes; process i binds to 127.0.0.(2+i) (default 1)")
+    ap.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    ap.add_argument("--json-out", help="result file (default bench/results/fanout-<timestamp>.json)")
+    ap.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds allowed for each waiting phase: server start, connecting, "
+                         "draining deliveries after the last publish, one HTTP call (default 60)")
+    ap.add_argument("--concurrency", type=int, default=200,
+                    help="handshakes in flight per client process (default 200)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.connections < 1 or args.publications < 1 or args.rate <= 0:
+        raise SystemExit("--connections, --publications and --rate must be positive")
+    result = run(args)
+    print(report(result))
+    out = Path(args.json_out) if args.json_out else (
+        ROOT / "bench" / "results" / time.strftime("fanout-%Y%m%d-%H%M%S.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results written to {out}")
+    d = result["deliveries"]
+    ok = (result["connections"]["held"] == args.connections and d["lost"] == 0
+          and d["duplicated"] == 0 and result["publish"]["ok"] == args.publications)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
