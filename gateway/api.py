@@ -28,21 +28,34 @@ class BadRequestBody(Exception):
     """The body is not JSON at all: HTTP 400, as Centrifugo answers."""
 
 
+def _decode(method: str, body: bytes) -> Any:
+    """Decode a request body as Go's json.Unmarshal would accept it: invalid JSON, an empty
+    body and mistyped fields all fail the request with HTTP 400."""
+    try:
+        return _decoders[method].decode(body)
+    except msgspec.DecodeError:  # ValidationError included
+        raise BadRequestBody() from None
+
+
 def authorized(headers: Mapping[str, str], query: Mapping[str, str], key: str, insecure: bool) -> bool:
     """Centrifugo's API key check: X-API-Key, `Authorization: apikey <key>`, or ?api_key."""
     if insecure:
         return True
     if not key:
         return False
-    given = headers.get("x-api-key")
-    if given is None:
-        auth = headers.get("authorization", "")
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "apikey":
-            given = value.strip()
-    if given is None:
-        given = query.get("api_key")
-    return given is not None and hmac.compare_digest(given.encode(), key.encode())
+    expected = key.encode()
+    # As Centrifugo's middleware: a non-empty X-API-Key wins over Authorization, and the
+    # ?api_key query parameter is still tried when a header carried a wrong key.
+    given = headers.get("x-api-key", "")
+    if given:
+        valid = hmac.compare_digest(given.encode(), expected)
+    else:
+        parts = headers.get("authorization", "").split()
+        valid = (len(parts) == 2 and parts[0].lower() == "apikey"
+                 and hmac.compare_digest(parts[1].encode(), expected))
+    if not valid and "api_key" in query:
+        valid = hmac.compare_digest(query["api_key"].encode(), expected)
+    return valid
 
 
 class ServerApi:
@@ -68,35 +81,31 @@ class ServerApi:
             return 200, _encode({"error": {"code": exc.code, "message": exc.message}})
 
     async def _dispatch(self, method: str, body: bytes) -> Any:
-        try:
-            req = _decoders[method].decode(body or b"{}")
-        except msgspec.ValidationError:
-            raise codes.error(codes.BAD_REQUEST) from None
-        except msgspec.DecodeError:
-            raise BadRequestBody() from None
-        return await getattr(self, "_" + method)(req)
+        return await getattr(self, "_" + method)(_decode(method, body))
 
     async def _batch(self, body: bytes) -> dict[str, Any]:
-        try:
-            req = _decoders["batch"].decode(body or b"{}")
-        except msgspec.ValidationError:
-            raise codes.error(codes.BAD_REQUEST) from None
-        except msgspec.DecodeError:
-            raise BadRequestBody() from None
-        replies: list[dict[str, Any]] = []
+        req = _decode("batch", body)
+        # Centrifugo decodes the whole batch before running any command: one malformed
+        # command fails the request with 400.
+        decoded: list[tuple[str, Any] | ClientError] = []
         for command in req.commands:
             if len(command) != 1:
-                replies.append({"error": {"code": 107, "message": "bad request"}})
+                decoded.append(codes.error(codes.BAD_REQUEST))
                 continue
             (method, params), = command.items()
             if method not in server_api.REQUESTS or method == "batch":
-                replies.append({"error": {"code": 104, "message": "method not found"}})
+                decoded.append(ClientError(104, "not found"))
                 continue
+            decoded.append((method, _decode(method, bytes(params))))
+        replies: list[dict[str, Any]] = []
+        for item in decoded:
             try:
-                replies.append({method: await self._dispatch(method, bytes(params))})
-            except BadRequestBody:
-                replies.append({"error": {"code": 107, "message": "bad request"}})
+                if isinstance(item, ClientError):
+                    raise item
+                method, params = item
+                replies.append({method: await getattr(self, "_" + method)(params)})
             except ClientError as exc:
+                self.node.metrics.errors.labels(str(exc.code)).inc()
                 replies.append({"error": {"code": exc.code, "message": exc.message}})
         return {"replies": replies}
 
@@ -106,6 +115,8 @@ class ServerApi:
         if not req.channel:
             raise codes.error(codes.BAD_REQUEST)
         data = server_api.payload(req.data, req.b64data)
+        # Centrifugo looks the namespace up (102) before it validates the data (107).
+        self.node.rules.resolve(req.channel)
         if not data:
             raise codes.error(codes.BAD_REQUEST)
         pos = await self.node.publish(req.channel, data, tags=req.tags, skip_history=req.skip_history)
@@ -115,12 +126,14 @@ class ServerApi:
         if not req.channels:
             raise codes.error(codes.BAD_REQUEST)
         data = server_api.payload(req.data, req.b64data)
-        if not data:
-            raise codes.error(codes.BAD_REQUEST)
         responses: list[dict[str, Any]] = []
         for channel in req.channels:
             try:
                 if not channel:
+                    raise codes.error(codes.BAD_REQUEST)
+                # Per channel, as Centrifugo: namespace (102) first, then data (107).
+                self.node.rules.resolve(channel)
+                if not data:
                     raise codes.error(codes.BAD_REQUEST)
                 pos = await self.node.publish(channel, data, tags=req.tags, skip_history=req.skip_history)
                 responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}})

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 from websockets.server import ServerProtocol
 
+from centrifugo_bridge import server_api
 from gateway.api import ServerApi, authorized
 from gateway.connection import Connection
 from gateway.http import HttpError, RequestHead, parse_head, response
@@ -75,6 +76,9 @@ class GatewayProtocol(asyncio.Protocol):
         self.buf += data
         if not self.busy:
             self._next_request()
+        elif len(self.buf) > self._max_buffered() and self.transport is not None:
+            # A client pipelining while we answer: stop reading until we catch up.
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if self.conn is not None:
@@ -120,15 +124,25 @@ class GatewayProtocol(asyncio.Protocol):
         except Exception:
             log.exception("HTTP handler failed for %s %s", head.method, head.path)
             status, payload, ctype = 500, b"Internal Server Error", "text/plain; charset=utf-8"
-        self._send(status, payload, ctype, keep_alive=keep_alive)
+        # A HEAD response carries the GET headers (Content-Length included) but no body.
+        self._send(status, payload, ctype, keep_alive=keep_alive, head_only=head.method == "HEAD")
         self.busy = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
         if keep_alive and self.buf and not self.closing:
             self._next_request()
+
+    def _max_buffered(self) -> int:
+        http = self.node.settings.http
+        return http.max_header_size + http.max_body_size
 
     async def _route(self, head: RequestHead, body: bytes) -> tuple[int, bytes, str]:
         text = "text/plain; charset=utf-8"
         path = head.path
         if path.startswith(API_PREFIX):
+            if path[len(API_PREFIX):] not in server_api.REQUESTS:
+                # Not a route at all: Centrifugo's mux answers 404 before method and key checks.
+                return 404, b"Not Found", text
             if head.method != "POST":
                 return 405, b"Method Not Allowed", text
             api = self.node.settings.http_api
@@ -149,11 +163,12 @@ class GatewayProtocol(asyncio.Protocol):
         return 404, b"Not Found", text
 
     def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              keep_alive: bool = True) -> None:
+              keep_alive: bool = True, head_only: bool = False) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(response(status, body, ctype, keep_alive))
+        data = response(status, body, ctype, keep_alive)
+        transport.write(data[: len(data) - len(body)] if head_only else data)
         if not keep_alive:
             self.closing = True
             transport.close()
