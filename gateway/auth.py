@@ -43,7 +43,9 @@ class TokenVerifier:
         self._jwks: PyJWKClient | None = None
         if settings.jwks_public_endpoint:
             self._jwks = PyJWKClient(
-                settings.jwks_public_endpoint, cache_keys=True,
+                # No per-kid key cache: PyJWT's never expires, so a key removed from the
+                # set would stay trusted; the key *set* is cached for jwks_cache_ttl.
+                settings.jwks_public_endpoint, cache_keys=False,
                 lifespan=int(max(1, settings.jwks_cache_ttl)), timeout=5)
         self._jwks_fetched_at = 0.0
 
@@ -78,15 +80,23 @@ class TokenVerifier:
 
     def _decode(self, token: str, key: Any, algs: list[str]) -> dict[str, Any]:
         s = self.settings
+        # iat is not validated (as in Centrifugo OSS): a backend clock slightly ahead must
+        # not get its fresh tokens refused with the terminal 3500.
         options: dict[str, Any] = {"verify_aud": bool(s.audience), "verify_iss": bool(s.issuer),
-                                   "require": []}
+                                   "verify_iat": False, "require": []}
         try:
             claims = jwt.decode(token, key, algorithms=algs, audience=s.audience or None,
                                 issuer=s.issuer or None, options=options, leeway=LEEWAY_SECONDS)
-        except jwt.ExpiredSignatureError:
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
+            # Centrifugo's verifier folds "not valid yet" (nbf) into "expired" (109): the
+            # SDK fetches a new token instead of giving up.
             raise TokenExpired() from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            # PyJWT's key preparation raises these when the key does not fit the token's
+            # alg (e.g. an RS256 token naming a JWKS EC key's kid): an invalid token.
+            raise InvalidToken(f"key does not fit the token: {exc}") from None
         if not isinstance(claims, dict):
             raise InvalidToken("claims must be an object")
         return claims

@@ -35,9 +35,18 @@ def _generated_secrets(directory: Path) -> dict[str, str]:
         return json.loads(path.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     values = {"hmac_secret_key": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24)}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = directory / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(values, fh)
+    try:
+        # Published complete and at most once: a concurrent first start (serve + token)
+        # neither crashes on the existing file nor reads it half-written; it uses the winner's.
+        os.link(tmp, path)
+    except FileExistsError:
+        return json.loads(path.read_text())
+    finally:
+        tmp.unlink()
     return values
 
 

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +209,25 @@ def build_settings(data: dict[str, Any]) -> Settings:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(_explain(exc)) from None
+    # A PEM that does not load would fail every connect at run time (internal error ->
+    # endless reconnects): refuse it at start instead.
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    for section, tok in (("client.token", settings.client.token),
+                         ("client.subscription_token", settings.client.subscription_token)):
+        for field, algorithm in (("rsa_public_key", RSAAlgorithm(RSAAlgorithm.SHA256)),
+                                 ("ecdsa_public_key", ECAlgorithm(ECAlgorithm.SHA256))):
+            if tok is not None and getattr(tok, field):
+                try:
+                    algorithm.prepare_key(getattr(tok, field))
+                except Exception as exc:
+                    raise ConfigError(f"config key {section}.{field}: not a usable PEM public key "
+                                      f"({exc})") from None
     names = [ns.name for ns in settings.channel.namespaces]
     for i, name in enumerate(names):
         if not name:
             raise ConfigError(f"config key channel.namespaces[{i}].name: required")
-        if names.count(name) > 1:
+        if name in names[:i]:  # name the repeated entry, not the first one
             raise ConfigError(f"config key channel.namespaces[{i}].name: duplicate namespace {name!r}")
     try:
         settings.channel_rules()
@@ -235,7 +251,25 @@ ENV_KEYS = {
 }
 
 
-def _env_value(raw: str) -> Any:
+def _field_type(path: tuple[str, ...]) -> Any:
+    """Type of the settings field at ``path`` (None when the path is not a field)."""
+    cls: Any = Settings
+    for part in path:
+        hints = typing.get_type_hints(cls) if isinstance(cls, type) and issubclass(cls, msgspec.Struct) else {}
+        if part not in hints:
+            return None
+        cls = hints[part]
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        if typing.get_origin(cls) in (typing.Union, types.UnionType) and len(args) == 1:
+            cls = args[0]
+    return cls
+
+
+def _env_value(path: tuple[str, ...], raw: str) -> Any:
+    # A string field takes the text as it is (a key of digits stays a string); anything
+    # else is read as a TOML value (numbers, booleans, ["lists"]).
+    if _field_type(path) is str:
+        return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -261,7 +295,7 @@ def apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
             _set(data, path, int(value) if path[-1] in ("port", "workers") and value.isdigit() else value)
         elif name.startswith("SENTCHAT_") and "__" in name:
             path = tuple(p.lower() for p in name[len("SENTCHAT_"):].split("__"))
-            _set(data, path, _env_value(value))
+            _set(data, path, _env_value(path, value))
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, *, centrifugo: str | None = None,
@@ -356,6 +390,8 @@ def import_centrifugo(path: str) -> tuple[dict[str, Any], list[str]]:
                 c_out[key] = bool(value.get("enabled", False))
                 if value.get("personal_channel_namespace"):
                     c_out["personal_channel_namespace"] = value["personal_channel_namespace"]
+                ignored.extend(f"client.{key}.{k}" for k, v in value.items()
+                               if k not in ("enabled", "personal_channel_namespace") and v)
             else:
                 c_out[key] = bool(value)
         elif key == "insecure":
