@@ -114,13 +114,14 @@ class ChannelRules(msgspec.Struct, forbid_unknown_fields=True):
         """Find the namespace of ``channel`` and validate its name (102 / 107 on failure)."""
         if not channel:
             raise codes.error(codes.UNKNOWN_CHANNEL)
-        if len(channel) > self.max_length:
+        if byte_length(channel) > self.max_length:
             raise codes.error(codes.BAD_REQUEST)
         private = bool(self.private_prefix) and channel.startswith(self.private_prefix)
         trimmed = channel[len(self.private_prefix):] if private else channel
         if self.namespace_boundary and self.namespace_boundary in trimmed:
             namespace, rest = trimmed.split(self.namespace_boundary, 1)
-            options = self.namespaces.get(namespace)
+            # An empty namespace (":x") means channels without namespace, as in Centrifugo.
+            options = self.namespaces.get(namespace) if namespace else self.without_namespace
             if options is None:
                 raise codes.error(codes.UNKNOWN_CHANNEL)
         else:
@@ -211,9 +212,14 @@ class ChannelRules(msgspec.Struct, forbid_unknown_fields=True):
         return res
 
 
+def byte_length(channel: str) -> int:
+    """Length as Centrifugo measures it: UTF-8 bytes (Go ``len`` of a string)."""
+    return len(channel) if channel.isascii() else len(channel.encode("utf-8", "surrogatepass"))
+
+
 def personal_channel(user: str, namespace: str, boundary: str = "#", ns_boundary: str = ":") -> str:
     """Name of a user's personal channel: ``#user`` or ``ns:#user``."""
     return f"{namespace}{ns_boundary}{boundary}{user}" if namespace else f"{boundary}{user}"
 
 
-__all__ += ["personal_channel", "ClientError"]
+__all__ += ["byte_length", "personal_channel", "ClientError"]

@@ -47,14 +47,18 @@ class JsonCodec:
                 continue
             try:
                 commands.append(_json_command.decode(line))
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
                 raise DecodeError(str(exc)) from None
         if not commands:
             raise DecodeError("empty frame")
         return commands
 
     def encode_reply(self, reply: Reply) -> bytes:
-        return _json_encode(reply)
+        out = _json_encode(reply)
+        # A raw newline can only come from an embedded payload (where it is whitespace) and
+        # would split the frame: strip it, as centrifugal/protocol's Raw.MarshalJSON does.
+        return out.replace(b"\n", b"") if b"\n" in out else out
 
     def join(self, encoded: list[bytes]) -> bytes:
         return b"\n".join(encoded)

@@ -11,7 +11,7 @@ Each Struct carries ``__proto__``: ``{field_name: (number, kind)}`` for the Prot
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 from msgspec import Raw
@@ -28,6 +28,11 @@ __all__ = [
 ]
 
 EMPTY = Raw()
+
+# Proto unsigned integers: Go's decoder refuses a negative or too large value (a frame that
+# does not decode: disconnect 3501), so the JSON decoder does too. Checked on decode only.
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+U64 = Annotated[int, msgspec.Meta(ge=0)]  # msgspec cannot bound ints past int64: no upper check
 
 # Kinds understood by the Protobuf codec. "msg:<Name>" / "rep:<Name>" / "map:<Name>"
 # refer to other Structs in this module; "map:str" is map<string,string>.
@@ -46,7 +51,7 @@ class Error(_Wire):
 
 
 class StreamPosition(_Wire):
-    offset: int = 0
+    offset: U64 = 0
     epoch: str = ""
     __proto__: ClassVar[Proto] = {"offset": (1, "uint64"), "epoch": (2, "string")}
 
@@ -105,7 +110,7 @@ class SubscribeRequest(_Wire):
     token: str = ""
     recover: bool = False
     epoch: str = ""
-    offset: int = 0
+    offset: U64 = 0
     data: Raw = EMPTY
     positioned: bool = False
     recoverable: bool = False
@@ -211,7 +216,7 @@ class SubRefreshRequest(_Wire):
 
 
 class Command(_Wire):
-    id: int = 0
+    id: U32 = 0
     connect: ConnectRequest | None = None
     subscribe: SubscribeRequest | None = None
     unsubscribe: UnsubscribeRequest | None = None

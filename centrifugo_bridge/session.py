@@ -16,7 +16,13 @@ from typing import Any
 import msgspec
 
 from centrifugo_bridge import codes, effects
-from centrifugo_bridge.channels import ChannelOptions, ChannelRules, Resolved, personal_channel
+from centrifugo_bridge.channels import (
+    ChannelOptions,
+    ChannelRules,
+    Resolved,
+    byte_length,
+    personal_channel,
+)
 from centrifugo_bridge.codecs import Codec, DecodeError
 from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
 from centrifugo_bridge.protocol import (
@@ -118,7 +124,7 @@ class Session:
     __slots__ = (
         "config", "rules", "codec", "client_id", "user", "conn_info", "connected",
         "failed", "expire_at", "subs", "created_at", "next_ping_at", "pong_deadline",
-        "closed", "name", "meta", "_rng",
+        "closed", "name", "meta", "_rng", "token_channels",
     )
 
     def __init__(self, config: SessionConfig, rules: ChannelRules, codec: Codec,
@@ -141,6 +147,8 @@ class Session:
         self.name = ""
         self.meta = b""
         self._rng = rng
+        # Server-side channels granted by the connection token (`subs`, else `channels`).
+        self.token_channels: frozenset[str] = frozenset()
 
     # ---- framing ----------------------------------------------------------------------
 
@@ -244,33 +252,42 @@ class Session:
 
         ttl = 0
         if creds.expire_at > 0:
-            ttl = int(creds.expire_at - now)
-            if ttl <= 0:
+            # Whole seconds of the Unix clock, as Centrifuge (exp - time.Now().Unix()): a token
+            # valid for a fraction of a second more still connects (and refreshes at once).
+            if creds.expire_at < int(now):
                 raise codes.error(codes.EXPIRED)
+            ttl = max(1, creds.expire_at - int(now))
         self.user = creds.user
         self.conn_info = creds.info
         self.meta = creds.meta
         self.name = req.name[:32]
         self.expire_at = float(creds.expire_at)
 
-        # Server-side subscriptions: token `subs` take precedence over `channels`.
-        wanted: dict[str, bytes] = {}
-        for channel in creds.channels:
-            wanted[channel] = b""
-        for channel, sub in creds.subs.items():
-            wanted[channel] = sub.info
+        # Server-side subscriptions: Centrifugo's verifier reads `channels` only when the
+        # token has no `subs`; `subs` entries carry channel info and subscribe data.
+        wanted: dict[str, tuple[bytes, bytes]] = (
+            {ch: (sub.info, sub.data) for ch, sub in creds.subs.items()} if creds.subs
+            else dict.fromkeys(creds.channels, (b"", b"")))
         if cfg.subscribe_to_user_personal_channel and self.user:
             wanted.setdefault(personal_channel(
                 self.user, cfg.personal_channel_namespace,
-                self.rules.user_boundary, self.rules.namespace_boundary), b"")
+                self.rules.user_boundary, self.rules.namespace_boundary), (b"", b""))
+        if cfg.channel_limit and len(wanted) > cfg.channel_limit:
+            raise DisconnectError(codes.CHANNEL_LIMIT)
+        self.token_channels = frozenset(creds.subs or creds.channels)
+        # Resolve (102/107) before anything is registered or attached on the node.
+        resolved = [(self.rules.resolve(ch), info, data) for ch, (info, data) in wanted.items()]
         results: dict[str, SubscribeResult] = {}
         yield effects.Register(self.user, self.client_id)
         self.connected = True
-        for channel, chan_info in wanted.items():
-            res = self.rules.resolve(channel)
+        for res, chan_info, data in resolved:
+            channel = res.channel
+            # Recovery only when the client asks for it (centrifuge copies subs[ch].recover).
             recover = req.subs.get(channel)
+            if recover is not None and not recover.recover:
+                recover = None
             results[channel] = yield from self._do_subscribe(
-                res, chan_info, b"", 0.0, recover_req=recover, positioned_req=False,
+                res, chan_info, data, 0.0, recover_req=recover, positioned_req=False,
                 recoverable_req=False, join_leave_req=False, server_side=True,
                 override=creds.subs[channel].override if channel in creds.subs else None,
                 reject_unrecovered=False)
@@ -281,7 +298,8 @@ class Session:
             result.ttl = ttl
         if cfg.ping_interval > 0:
             result.ping = int(cfg.ping_interval)
-            result.pong = True
+            # Centrifuge asks for pongs only when it checks them (pong timeout > 0).
+            result.pong = cfg.pong_timeout > 0
             first = cfg.ping_interval / 2 + (self._rng or random).random() * cfg.ping_interval / 2
             self.next_ping_at = now + first
         return result
@@ -298,9 +316,15 @@ class Session:
             raise DisconnectError(codes.INVALID_TOKEN) from None
         if creds.user != self.user:
             raise DisconnectError(codes.INVALID_TOKEN)
+        # Centrifugo's tokenChannelsChanged: token-based server-side subscriptions cannot
+        # change in place; reconnect (3010) to apply the new set.
+        new_channels = frozenset(creds.subs or creds.channels)
+        if any(ch not in self.subs for ch in new_channels) or any(
+                ch not in new_channels for ch in self.token_channels if ch in self.subs):
+            raise DisconnectError(codes.INSUFFICIENT_STATE)
         result = RefreshResult(client=self.client_id, version=self.config.version)
         if creds.expire_at > 0:
-            ttl = int(creds.expire_at - now)
+            ttl = creds.expire_at - int(now)  # whole Unix seconds, as Centrifuge
             if ttl <= 0:
                 raise codes.error(codes.EXPIRED)
             result.expires = True
@@ -320,7 +344,7 @@ class Session:
             raise codes.error(codes.PERMISSION_DENIED)
         if req.delta and req.delta != "fossil":
             raise DisconnectError(codes.BAD_REQUEST_DISCONNECT)
-        if len(channel) > self.rules.max_length:
+        if byte_length(channel) > self.rules.max_length:
             raise codes.error(codes.BAD_REQUEST)
         if channel in self.subs:
             raise codes.error(codes.ALREADY_SUBSCRIBED)
@@ -398,8 +422,10 @@ class Session:
             result.recoverable = sub.recoverable
             result.epoch = state.epoch
             result.offset = state.offset
-        if since is not None and sub.recoverable:
+        if recover_req is not None:
+            # centrifuge: WasRecovering = req.Recover, even where recovery is off.
             result.was_recovering = True
+        if since is not None and sub.recoverable:
             pubs, recovered = _recovered(since, state, self.config.recovery_max_publication_limit,
                                          opts.force_recovery_mode == "cache")
             if recovered:
@@ -441,9 +467,10 @@ class Session:
             raise DisconnectError(codes.INVALID_TOKEN)
         result = SubRefreshResult()
         if grant.expire_at > 0:
-            ttl = int(grant.expire_at - now)
-            if ttl <= 0:
+            # Whole Unix seconds, as Centrifuge: expired only when expire_at < now.
+            if grant.expire_at < int(now):
                 raise codes.error(codes.EXPIRED)
+            ttl = max(1, grant.expire_at - int(now))
             result.expires = True
             result.ttl = ttl
         sub.expire_at = float(grant.expire_at)
@@ -455,10 +482,13 @@ class Session:
         channel = self._need_channel(req.channel)
         if req.type != 0:
             raise codes.error(codes.NOT_AVAILABLE)
-        res = self.rules.check_publish(channel, self.user, channel in self.subs)
+        res = self.rules.resolve(channel)
         data = bytes(req.data)
         if not data:
+            # Centrifugo's OnPublish validates data (107) before permissions (103).
             raise codes.error(codes.BAD_REQUEST)
+        if not self.rules.can_publish(res, self.user, channel in self.subs):
+            raise codes.error(codes.PERMISSION_DENIED)
         sub = self.subs.get(channel)
         info = sub.info if sub is not None else self.client_info()
         yield effects.PublishToChannel(channel, data, info, res.options)
@@ -527,7 +557,7 @@ class Session:
 
     def next_deadline(self) -> float:
         """The earliest time :meth:`on_timer` has something to do (0 = nothing)."""
-        if not self.connected:
+        if not self.connected or self.failed:
             return self.created_at + self.config.stale_close_delay
         times = [t for t in (self.next_ping_at, self.pong_deadline) if t > 0]
         if self.expire_at > 0:
@@ -543,8 +573,9 @@ class Session:
         if self.closed:
             return actions
         cfg = self.config
-        if not self.connected:
-            if now >= self.created_at + cfg.stale_close_delay and not self.failed:
+        if not self.connected or self.failed:
+            # centrifuge's closeStale: never authenticated, or left unusable by a failed connect.
+            if now >= self.created_at + cfg.stale_close_delay:
                 actions.disconnect = codes.STALE
             return actions
         if self.pong_deadline > 0 and now >= self.pong_deadline:
@@ -577,14 +608,17 @@ def _recovered(since: StreamPosition, state: effects.StreamState, limit: int,
                cache: bool) -> tuple[list[Publication], bool]:
     """Centrifuge's isStreamRecovered: the publications after ``since`` and whether they
     close the gap exactly up to the stream top."""
-    if since.epoch and since.epoch != state.epoch:
-        return [], False
     pubs = state.publications
     if cache:
-        # Cache mode: only the latest publication matters.
-        if state.offset == since.offset:
-            return [], True
-        return (pubs[-1:], True) if pubs and pubs[-1].offset == state.offset else ([], False)
+        # isCacheRecovered: only the latest publication matters, whatever the epoch.
+        same = since.offset > 0 and since.offset == state.offset and since.epoch == state.epoch
+        if not pubs:
+            return [], same
+        if pubs[-1].offset != state.offset:
+            return [], False
+        return ([], True) if same else (pubs[-1:], True)
+    if since.epoch and since.epoch != state.epoch:
+        return [], False
     if len(pubs) > limit:
         return [], False
     if not pubs:

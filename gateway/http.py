@@ -82,7 +82,8 @@ def parse_head(buf: bytes | bytearray, max_size: int) -> RequestHead | None:
     length = 0
     if "content-length" in headers:
         cl = headers["content-length"]
-        if not cl.isdigit():
+        # isascii: latin-1 "²" / "³" / "¹" pass isdigit() but int() refuses them.
+        if not (cl.isascii() and cl.isdigit()):
             raise HttpError(400, "Malformed Content-Length")
         length = int(cl)
     return RequestHead(method_b.decode("ascii"), path, dict(parse_qsl(qs)), version, headers,
