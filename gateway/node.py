@@ -215,7 +215,9 @@ class Node:
         if opts.presence:
             await self.broker.remove_presence(channel, eff.info.client)
         if opts.join_leave:
-            await self.broker.publish_leave(channel, eff.info)
+            # Spawned like the join: tasks start in order, so a join still pending (subscribe
+            # and unsubscribe in one frame) is published before this leave, never after it.
+            self._spawn(self.broker.publish_leave(channel, eff.info))
 
     # ---- Deliveries (called by the broker) --------------------------------------------
 
