@@ -160,29 +160,20 @@ class ChannelRules(msgspec.Struct, forbid_unknown_fields=True):
         return self.insecure
 
     def can_publish(self, res: Resolved, user: str, subscribed: bool) -> bool:
-        opts = res.options
-        anonymous_ok = bool(user) or opts.allow_publish_for_anonymous
-        if opts.allow_publish_for_client and anonymous_ok:
-            return True
-        if opts.allow_publish_for_subscriber and subscribed and anonymous_ok:
-            return True
-        return self.insecure
+        return self._allowed(res.options, "publish", user, subscribed)
 
     def can_presence(self, res: Resolved, user: str, subscribed: bool) -> bool:
-        opts = res.options
-        anonymous_ok = bool(user) or opts.allow_presence_for_anonymous
-        if opts.allow_presence_for_client and anonymous_ok:
-            return True
-        if opts.allow_presence_for_subscriber and subscribed and anonymous_ok:
-            return True
-        return self.insecure
+        return self._allowed(res.options, "presence", user, subscribed)
 
     def can_history(self, res: Resolved, user: str, subscribed: bool) -> bool:
-        opts = res.options
-        anonymous_ok = bool(user) or opts.allow_history_for_anonymous
-        if opts.allow_history_for_client and anonymous_ok:
+        return self._allowed(res.options, "history", user, subscribed)
+
+    def _allowed(self, opts: ChannelOptions, action: str, user: str, subscribed: bool) -> bool:
+        """Centrifugo's allow_<action>_for_client / _for_subscriber / _for_anonymous rule."""
+        anonymous_ok = bool(user) or getattr(opts, f"allow_{action}_for_anonymous")
+        if getattr(opts, f"allow_{action}_for_client") and anonymous_ok:
             return True
-        if opts.allow_history_for_subscriber and subscribed and anonymous_ok:
+        if getattr(opts, f"allow_{action}_for_subscriber") and subscribed and anonymous_ok:
             return True
         return self.insecure
 
