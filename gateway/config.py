@@ -86,6 +86,27 @@ class NodeSettings(msgspec.Struct, forbid_unknown_fields=True):
     workers: int = 1
 
 
+class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Empty: an embedded PostgreSQL under data_dir is started when a namespace is durable.
+    postgres_dsn: str = ""
+    data_dir: str = ".sentchat"
+    # Time partitions of the publications table, created this many intervals ahead.
+    partition_interval: str = "daily"
+    partitions_ahead: int = 3
+    # Group commit: at most max_batch rows per transaction, flushed every flush_interval.
+    max_batch: int = 1000
+    flush_interval: float = 0.002
+    # Publications waiting for their commit; beyond it publishers get a temporary error.
+    queue_limit: int = 50_000
+    pool_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.partition_interval not in ("daily", "monthly"):
+            raise ValueError("partition_interval must be 'daily' or 'monthly'")
+        if self.max_batch < 1 or self.queue_limit < 1 or self.pool_size < 2:
+            raise ValueError("max_batch and queue_limit must be >= 1, pool_size >= 2")
+
+
 class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
     name: str = ""
 
@@ -107,6 +128,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     client: ClientSettings = msgspec.field(default_factory=ClientSettings)
     channel: ChannelSettings = msgspec.field(default_factory=ChannelSettings)
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+
+    @property
+    def durable(self) -> bool:
+        """Whether any namespace keeps its history in PostgreSQL."""
+        ch = self.channel
+        return ch.without_namespace.durable or any(ns.durable for ns in ch.namespaces)
 
     def channel_rules(self) -> ChannelRules:
         ch = self.channel
@@ -139,7 +167,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 
 DURATION_KEYS = frozenset({
     "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
-    "expired_sub_close_delay", "history_ttl", "retention", "jwks_cache_ttl",
+    "expired_sub_close_delay", "history_ttl", "retention", "jwks_cache_ttl", "flush_interval",
 })
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -248,6 +276,8 @@ ENV_KEYS = {
     "SENTCHAT_API_KEY": ("http_api", "key"),
     "SENTCHAT_TOKEN_HMAC_SECRET": ("client", "token", "hmac_secret_key"),
     "SENTCHAT_WORKERS": ("node", "workers"),
+    "SENTCHAT_POSTGRES_DSN": ("storage", "postgres_dsn"),
+    "SENTCHAT_DATA_DIR": ("storage", "data_dir"),
 }
 
 
