@@ -38,7 +38,7 @@ class Connection:
     """A live client connection after the WebSocket handshake."""
 
     __slots__ = ("node", "transport", "ws", "session", "codec", "pending", "task",
-                 "closed", "timer_key", "client_id", "__weakref__")
+                 "closed", "timer_key", "client_id", "buffering", "cutoffs", "__weakref__")
 
     def __init__(self, node: Node, transport: asyncio.Transport, ws: ServerProtocol,
                  session: Session) -> None:
@@ -52,6 +52,10 @@ class Connection:
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.timer_key = 0
+        # Pushes of channels whose subscribe is in flight, and the stream offset each
+        # subscribe reply covers (see start_buffering / flush_buffered).
+        self.buffering: dict[str, list[tuple[int, bytes]]] | None = None
+        self.cutoffs: dict[str, int] = {}
 
     # ---- input ------------------------------------------------------------------------
 
@@ -103,6 +107,8 @@ class Connection:
                     if reply.error is not None:
                         node.metrics.errors.labels(str(reply.error.code)).inc()
                     self.write_frame(build_frame(session.encode(reply), self.codec.binary))
+                if self.buffering is not None:
+                    self.flush_buffered()
                 node.metrics.commands.labels(method).inc()
                 node.metrics.command_seconds.labels(method).observe(time.perf_counter() - started)
                 if session.failed:
@@ -114,6 +120,35 @@ class Connection:
             self.close(codes.SERVER_ERROR)
         finally:
             self.task = None
+
+    # ---- subscribe-time buffering -----------------------------------------------------
+
+    def start_buffering(self, channel: str) -> None:
+        """Hold this channel's pushes until the subscribe reply has been written, so a
+        publication landing while history is read is neither lost nor sent first."""
+        if self.buffering is None:
+            self.buffering = {}
+        self.buffering[channel] = []
+
+    def set_cutoff(self, channel: str, offset: int) -> None:
+        """The subscribe reply covers the stream up to ``offset`` (top or last recovered)."""
+        self.cutoffs[channel] = offset
+
+    def flush_buffered(self) -> None:
+        """After a reply: send held pushes the reply did not cover; drop those of channels
+        whose subscribe failed."""
+        buffering = self.buffering
+        if buffering is None:
+            return
+        self.buffering = None
+        for channel, held in buffering.items():
+            cutoff = self.cutoffs.pop(channel, 0)
+            if channel not in self.session.subs:
+                continue
+            for offset, frame in held:
+                # offset 0: no stream (join/leave, history off) — always new to the client.
+                if offset == 0 or offset > cutoff:
+                    self.write_frame(frame)
 
     # ---- output -----------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ from gateway.frames import build_frame
 
 class Subscriber(Protocol):
     codec: Codec
+    # Channels being subscribed right now: their pushes wait until the subscribe reply is
+    # written (None when nothing is being subscribed, the common case).
+    buffering: dict[str, list[tuple[int, bytes]]] | None
 
     def write_frame(self, frame: bytes) -> None: ...
 
@@ -75,21 +78,21 @@ class Hub:
         subs = self._channels.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, pub=pub)))
+        return self._fan_out(subs, Reply(push=Push(channel=channel, pub=pub)), channel, pub.offset)
 
     def join(self, channel: str, info: ClientInfo) -> int:
         subs = self._join_leave.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, join=Join(info=info))))
+        return self._fan_out(subs, Reply(push=Push(channel=channel, join=Join(info=info))), channel, 0)
 
     def leave(self, channel: str, info: ClientInfo) -> int:
         subs = self._join_leave.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, leave=Leave(info=info))))
+        return self._fan_out(subs, Reply(push=Push(channel=channel, leave=Leave(info=info))), channel, 0)
 
-    def _fan_out(self, subs: Iterable[Subscriber], reply: Reply) -> int:
+    def _fan_out(self, subs: Iterable[Subscriber], reply: Reply, channel: str, offset: int) -> int:
         json_frame: bytes | None = None
         frames: dict[str, bytes] = {}
         n = 0
@@ -104,7 +107,11 @@ class Hub:
                 frame = frames.get(codec.name)  # type: ignore[assignment]
                 if frame is None:
                     frame = frames[codec.name] = build_frame(codec.encode_reply(reply), codec.binary)
-            sub.write_frame(frame)
+            buffering = sub.buffering
+            if buffering is not None and channel in buffering:
+                buffering[channel].append((offset, frame))
+            else:
+                sub.write_frame(frame)
             n += 1
         self.deliveries += n
         return n

@@ -175,6 +175,7 @@ class Node:
 
     async def _subscribe(self, eff: effects.SubscribeChannel, conn: Connection) -> effects.StreamState:
         channel, opts = eff.channel, eff.options
+        conn.start_buffering(channel)
         if self.hub.add(channel, conn, eff.push_join_leave):
             await self.broker.subscribe(channel)
         self.metrics.subscriptions.inc()
@@ -194,6 +195,8 @@ class Node:
                     if exc.code != codes.UNRECOVERABLE_POSITION[0]:
                         raise
                     state = await self.broker.history(channel, 0, None, False)
+        pubs = state.publications
+        conn.set_cutoff(channel, max(state.offset, pubs[-1].offset if pubs else 0))
         if opts.presence:
             await self.broker.add_presence(channel, eff.info)
         if opts.join_leave:
@@ -264,12 +267,14 @@ class Node:
                                                 since, time.time())
             try:
                 payload = await self.drive(gen, conn)
+                if payload:
+                    conn.write_frame(build_frame(payload, conn.codec.binary))
+                    conn.reschedule()
             except DisconnectError as exc:
                 conn.close(exc.disconnect)
-                continue
-            if payload:
-                conn.write_frame(build_frame(payload, conn.codec.binary))
-                conn.reschedule()
+            finally:
+                # Pushes that arrived during the subscribe go out after its `subscribe` push.
+                conn.flush_buffered()
 
     def server_unsubscribe(self, user: str, channel: str, client: str = "") -> None:
         for conn in self.user_connections(user, client):
