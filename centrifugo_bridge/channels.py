@@ -65,7 +65,8 @@ class ChannelOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
 
     @property
     def history_enabled(self) -> bool:
-        return self.history_size > 0 and self.history_ttl > 0
+        # A durable namespace keeps every publication within `retention` in PostgreSQL.
+        return self.durable or (self.history_size > 0 and self.history_ttl > 0)
 
     @property
     def compiled_regex(self) -> re.Pattern[str] | None:

@@ -119,7 +119,8 @@ class ServerApi:
         self.node.rules.resolve(req.channel)
         if not data:
             raise codes.error(codes.BAD_REQUEST)
-        pos = await self.node.publish(req.channel, data, tags=req.tags, skip_history=req.skip_history)
+        pos = await self.node.publish(req.channel, data, tags=req.tags, skip_history=req.skip_history,
+                                     idempotency_key=req.idempotency_key)
         return {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}
 
     async def _broadcast(self, req: server_api.BroadcastRequest) -> dict[str, Any]:
@@ -135,7 +136,8 @@ class ServerApi:
                 self.node.rules.resolve(channel)
                 if not data:
                     raise codes.error(codes.BAD_REQUEST)
-                pos = await self.node.publish(channel, data, tags=req.tags, skip_history=req.skip_history)
+                pos = await self.node.publish(channel, data, tags=req.tags, skip_history=req.skip_history,
+                                             idempotency_key=req.idempotency_key)
                 responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}})
             except ClientError as exc:
                 responses.append({"error": {"code": exc.code, "message": exc.message}})
@@ -205,14 +207,14 @@ class ServerApi:
             raise codes.error(codes.NOT_AVAILABLE)
         if req.reverse and req.since is not None and req.since.offset == 0:
             raise codes.error(codes.BAD_REQUEST)
-        state = await self.node.broker.history(req.channel, req.limit, req.since, req.reverse)
+        state = await self.node.history(req.channel, req.limit, req.since, req.reverse)
         return {"publications": state.publications, "epoch": state.epoch, "offset": state.offset}
 
     async def _history_remove(self, req: server_api.HistoryRemoveRequest) -> dict[str, Any]:
         res = self._channel(req.channel)
         if not res.options.history_enabled:
             raise codes.error(codes.NOT_AVAILABLE)
-        await self.node.broker.remove_history(req.channel)
+        await self.node.remove_history(req.channel)
         return {}
 
     async def _channels(self, req: server_api.ChannelsRequest) -> dict[str, Any]:

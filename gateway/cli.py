@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,6 @@ from gateway.config import ConfigError, Settings, load_settings
 log = logging.getLogger("sentchat")
 
 DEFAULT_CONFIG = Path(__file__).with_name("defaults.toml")
-
-
-def data_dir(environ: dict[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    return Path(env.get("SENTCHAT_DATA_DIR", ".sentchat"))
 
 
 def _generated_secrets(directory: Path) -> dict[str, str]:
@@ -66,15 +63,35 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     token = settings.client.token
     if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
             or token.jwks_public_endpoint) or (not settings.http_api.key and not settings.http_api.insecure):
-        generated = _generated_secrets(data_dir())
+        generated = _generated_secrets(Path(settings.storage.data_dir))
         if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
                 or token.jwks_public_endpoint):
             token.hmac_secret_key = generated["hmac_secret_key"]
-            warnings.append(f"no token key configured: using the generated HMAC secret in {data_dir() / 'secrets.json'}")
+            warnings.append(f"no token key configured: using the generated HMAC secret in {Path(settings.storage.data_dir) / 'secrets.json'}")
         if not settings.http_api.key and not settings.http_api.insecure:
             settings.http_api.key = generated["api_key"]
-            warnings.append(f"no API key configured: using the generated key in {data_dir() / 'secrets.json'}")
+            warnings.append(f"no API key configured: using the generated key in {Path(settings.storage.data_dir) / 'secrets.json'}")
     return settings, warnings
+
+
+@contextlib.asynccontextmanager
+async def postgres_for(settings: Settings) -> AsyncIterator[None]:
+    """Make ``settings.storage.postgres_dsn`` usable: the configured server, or — when none
+    is configured and a namespace is durable — an embedded PostgreSQL under the data dir,
+    stopped again on exit."""
+    if not settings.durable or settings.storage.postgres_dsn:
+        yield
+        return
+    from storage.embedded import EmbeddedPostgres
+
+    # EmbeddedPostgres makes the path absolute itself.
+    pg = EmbeddedPostgres(Path(settings.storage.data_dir, "postgres"))
+    settings.storage.postgres_dsn = await pg.start()
+    log.info("embedded PostgreSQL started (data in %s)", pg.data_dir)
+    try:
+        yield
+    finally:
+        await pg.stop()
 
 
 async def _serve(settings: Settings) -> None:
@@ -87,21 +104,49 @@ async def _serve(settings: Settings) -> None:
     # hundreds of ms (machine-facts.md); collect young objects far less often instead.
     gc.set_threshold(50_000, 50, 100)
 
-    node = Node(settings)
-    await node.start()
-    server = await serve(node, settings.http.host, settings.http.port,
-                         backlog=settings.http.backlog)
-    log.info("sentchat %s listening on http://%s:%d (websocket /connection/websocket)",
-             __version__, settings.http.host, settings.http.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    server.close()
-    await node.stop()
-    await server.wait_closed()
+    async with postgres_for(settings):
+        node = Node(settings)
+        await node.start()
+        server = await serve(node, settings.http.host, settings.http.port,
+                             backlog=settings.http.backlog)
+        log.info("sentchat %s listening on http://%s:%d (websocket /connection/websocket)",
+                 __version__, settings.http.host, settings.http.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        server.close()
+        await node.stop()
+        await server.wait_closed()
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    import asyncpg
+
+    from storage.migrate import migrate
+
+    async with postgres_for(settings):
+        if not settings.storage.postgres_dsn:
+            raise ConfigError("config key storage.postgres_dsn: nothing to migrate (no DSN "
+                              "and no durable namespace)")
+        conn = await asyncpg.connect(settings.storage.postgres_dsn)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        settings, _ = resolve_settings(args)
+        applied = asyncio.run(_migrate(settings))
+    except ConfigError as exc:
+        print(f"sentchat: {exc}", file=sys.stderr)
+        return 2
+    print("applied: " + ", ".join(applied) if applied else "database schema is up to date")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -172,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--log-level", default=os.environ.get("SENTCHAT_LOG_LEVEL", "INFO"))
     serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply the PostgreSQL schema migrations")
+    common(mig)
+    mig.set_defaults(func=cmd_migrate)
 
     token = sub.add_parser("token", help="print a connection (or subscription) JWT")
     common(token)

@@ -23,12 +23,18 @@ from gateway.broker.base import Broker
 from gateway.broker.memory import MemoryBroker
 from gateway.config import Settings
 from gateway.connection import Connection
+from gateway.durable import DurableStreams
 from gateway.frames import build_frame
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.timers import TimerWheel
 
 log = logging.getLogger("sentchat.node")
+
+# Centrifugo keeps idempotent publish results for 5 minutes.
+IDEMPOTENCY_WINDOW = 300.0
+# Bound on remembered keys of ephemeral publications (oldest forgotten first).
+IDEMPOTENCY_MAX_KEYS = 100_000
 
 RPCHandler = Callable[[str, str, bytes], Awaitable[bytes]]
 MessageHandler = Callable[[str, str, bytes], Awaitable[None]]
@@ -48,6 +54,17 @@ class Node:
         sub = settings.client.subscription_token
         self.sub_verifier = TokenVerifier(sub) if sub is not None else self.verifier
         self.broker: Broker = broker or MemoryBroker()
+        self.durable: DurableStreams | None = None
+        if settings.durable:
+            ch = settings.channel
+            retentions = [ns.retention for ns in ch.namespaces if ns.durable]
+            if ch.without_namespace.durable:
+                retentions.append(ch.without_namespace.retention)
+            # Partitions are dropped only when every durable namespace is past them.
+            max_retention = 0.0 if 0.0 in retentions else max(retentions)
+            self.durable = DurableStreams(settings.storage, self.deliver_publication, max_retention)
+        # (channel, idempotency key) -> (expiry, result) for ephemeral publications.
+        self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
         self.hub = Hub()
         self.metrics = Metrics()
         self.timers = TimerWheel()
@@ -63,6 +80,13 @@ class Node:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect the broker and, for durable namespaces, PostgreSQL
+        (``settings.storage.postgres_dsn`` must be set by then)."""
+        if self.durable is not None:
+            dsn = self.settings.storage.postgres_dsn
+            if not dsn:
+                raise RuntimeError("durable namespaces need storage.postgres_dsn")
+            await self.durable.start(dsn)
         await self.broker.start(self)
         self.timers.start()
 
@@ -73,6 +97,8 @@ class Node:
             conn.close(codes.SHUTDOWN)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self.durable is not None:
+            await self.durable.close()
         await self.broker.close()
 
     def new_session(self, codec_name: str) -> Session:
@@ -147,8 +173,8 @@ class Node:
             case effects.ReadPresenceStats():
                 return await self.broker.presence_stats(effect.channel)
             case effects.ReadHistory():
-                return await self.broker.history(effect.channel, effect.limit, effect.since,
-                                                 effect.reverse)
+                return await self.history(effect.channel, effect.limit, effect.since,
+                                          effect.reverse)
             case effects.VerifyConnectionToken():
                 if not self.verifier.configured:
                     raise InvalidToken("no token keys configured")
@@ -182,19 +208,18 @@ class Node:
         state = effects.StreamState()
         if opts.history_enabled:
             if eff.since is None:
-                state = await self.broker.history(channel, 0, None, False)
+                state = await self.history(channel, 0, None, False)
             else:
                 try:
                     if eff.cache_recovery:
-                        state = await self.broker.history(channel, 1, None, True)
+                        state = await self.history(channel, 1, None, True)
                     else:
                         # One more than the limit: the session tells "too many" from "exact".
-                        state = await self.broker.history(channel, eff.recovery_limit + 1,
-                                                          eff.since, False)
+                        state = await self.history(channel, eff.recovery_limit + 1, eff.since, False)
                 except ClientError as exc:
                     if exc.code != codes.UNRECOVERABLE_POSITION[0]:
                         raise
-                    state = await self.broker.history(channel, 0, None, False)
+                    state = await self.history(channel, 0, None, False)
         pubs = state.publications
         conn.set_cutoff(channel, max(state.offset, pubs[-1].offset if pubs else 0))
         if opts.presence:
@@ -239,15 +264,52 @@ class Node:
 
     async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None = None,
                       tags: dict[str, str] | None = None, skip_history: bool = False,
-                      source: str = "api") -> StreamPosition:
-        """Publish ``data`` into ``channel`` with its namespace's history options."""
+                      idempotency_key: str = "", source: str = "api") -> StreamPosition:
+        """Publish ``data`` into ``channel`` with its namespace's history options.
+
+        Durable namespaces answer only after the publication is committed to PostgreSQL
+        (and fan it out from the commit callback); ephemeral ones go through the broker."""
         res = self.rules.resolve(channel)
         opts = res.options
-        pub = Publication(data=Raw(data), info=info, tags=tags or {})
-        size, ttl = (0, 0.0) if skip_history else (opts.history_size, opts.history_ttl)
-        position = await self.broker.publish(channel, pub, size, ttl)
+        if opts.durable and self.durable is not None:
+            position = await self.durable.publish(channel, data, info=info, tags=tags,
+                                                  idempotency_key=idempotency_key or None)
+        else:
+            if idempotency_key:
+                earlier = self._idempotent.get((channel, idempotency_key))
+                if earlier is not None and earlier[0] > time.monotonic():
+                    return earlier[1]
+            pub = Publication(data=Raw(data), info=info, tags=tags or {})
+            size, ttl = (0, 0.0) if skip_history else (opts.history_size, opts.history_ttl)
+            position = await self.broker.publish(channel, pub, size, ttl)
+            if idempotency_key:
+                self._remember(channel, idempotency_key, position)
         self.metrics.publications.labels(source).inc()
         return position
+
+    def _remember(self, channel: str, key: str, position: StreamPosition) -> None:
+        now = time.monotonic()
+        if len(self._idempotent) >= IDEMPOTENCY_MAX_KEYS:
+            for k in [k for k, (exp, _) in self._idempotent.items() if exp <= now]:
+                del self._idempotent[k]
+            while len(self._idempotent) >= IDEMPOTENCY_MAX_KEYS:
+                del self._idempotent[next(iter(self._idempotent))]
+        self._idempotent[(channel, key)] = (now + IDEMPOTENCY_WINDOW, position)
+
+    async def history(self, channel: str, limit: int, since: StreamPosition | None,
+                      reverse: bool) -> effects.StreamState:
+        """A channel's stream: PostgreSQL for durable namespaces, else the broker."""
+        opts = self.rules.resolve(channel).options
+        if opts.durable and self.durable is not None:
+            return await self.durable.history(channel, limit, since, reverse, opts.retention)
+        return await self.broker.history(channel, limit, since, reverse)
+
+    async def remove_history(self, channel: str) -> None:
+        opts = self.rules.resolve(channel).options
+        if opts.durable and self.durable is not None:
+            await self.durable.remove_history(channel)
+        else:
+            await self.broker.remove_history(channel)
 
     def user_connections(self, user: str, client: str = "") -> list[Connection]:
         if client:

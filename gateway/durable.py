@@ -1,0 +1,133 @@
+"""Durable namespaces: publications are committed to PostgreSQL before anyone sees them.
+
+The node hands a durable publication to the store's group-commit writer; the writer calls
+back after the commit, in offset order, and only then is the publication fanned out and
+the publisher answered. History and recovery of durable channels are read from
+PostgreSQL, so a client recovers any gap within the namespace's retention, across
+restarts of every gateway (the channel's epoch lives in the database too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+import msgspec
+
+from centrifugo_bridge import codes
+from centrifugo_bridge.codes import ClientError
+from centrifugo_bridge.effects import StreamState
+from centrifugo_bridge.protocol import ClientInfo, Publication, Raw, StreamPosition
+from gateway.config import StorageSettings
+from storage.migrate import migrate
+from storage.partitions import PartitionManager
+from storage.publications import PublicationStore
+from storage.types import StoredPublication, StoreError, StoreOverloaded
+
+log = logging.getLogger("sentchat.durable")
+
+# How often partitions are created ahead and expired ones dropped.
+MAINTENANCE_INTERVAL = 3600.0
+
+_info_decoder = msgspec.json.Decoder(ClientInfo)
+_encode = msgspec.json.Encoder().encode
+
+
+def to_wire(pub: StoredPublication) -> Publication:
+    """A committed row as a protocol Publication."""
+    info = _info_decoder.decode(pub.info) if pub.info else None
+    return Publication(data=Raw(pub.data), info=info, offset=pub.offset, tags=pub.tags or {})
+
+
+class DurableStreams:
+    """The PostgreSQL side of a node."""
+
+    def __init__(self, settings: StorageSettings, deliver: Callable[[str, Publication], None],
+                 max_retention: float = 0.0) -> None:
+        self.settings = settings
+        self._deliver = deliver
+        self._max_retention = max_retention
+        self.pool: asyncpg.Pool | None = None
+        self.store: PublicationStore | None = None
+        self.partitions: PartitionManager | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def start(self, dsn: str) -> None:
+        """Connect, migrate (safe with several nodes starting at once), create partitions."""
+        s = self.settings
+        self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
+        await migrate(self.pool)
+        self.partitions = PartitionManager(self.pool, s.partition_interval, ahead=s.partitions_ahead)
+        await self.partitions.ensure()
+        self.store = PublicationStore(
+            self.pool, max_batch=s.max_batch, flush_interval=s.flush_interval,
+            queue_limit=s.queue_limit, on_committed=self._committed, partitions=self.partitions)
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def close(self) -> None:
+        """Commit what is queued, then disconnect."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self.store is not None:
+            await self.store.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def _maintain(self) -> None:
+        assert self.partitions is not None  # noqa: S101 - set before the task starts
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+            try:
+                await self.partitions.ensure()
+                if self._max_retention > 0:
+                    await self.partitions.drop_older_than(self._max_retention)
+            except Exception:
+                log.exception("partition maintenance failed; retrying in %.0f s", MAINTENANCE_INTERVAL)
+
+    def _committed(self, pubs: list[StoredPublication]) -> None:
+        deliver = self._deliver
+        for pub in pubs:
+            deliver(pub.channel, to_wire(pub))
+
+    def _need_store(self) -> PublicationStore:
+        if self.store is None:
+            raise codes.error(codes.INTERNAL)
+        return self.store
+
+    async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None,
+                      tags: dict[str, str] | None, idempotency_key: str | None) -> StreamPosition:
+        """Commit, fan out (from the commit callback), then return the position."""
+        store = self._need_store()
+        try:
+            stored = await store.publish(channel, data, info=_encode(info) if info else None,
+                                         tags=tags or None, idempotency_key=idempotency_key or None)
+        except StoreOverloaded:
+            # Backpressure: the client may retry; nothing was stored.
+            raise ClientError(111, "too many requests", temporary=True) from None
+        except ValueError:
+            raise codes.error(codes.BAD_REQUEST) from None
+        except StoreError:
+            log.exception("durable publish to %s failed", channel)
+            raise codes.error(codes.INTERNAL) from None
+        return StreamPosition(offset=stored.offset, epoch=stored.epoch)
+
+    async def history(self, channel: str, limit: int, since: StreamPosition | None,
+                      reverse: bool, retention: float) -> StreamState:
+        """Same contract as Broker.history, answered from PostgreSQL."""
+        store = self._need_store()
+        epoch, top = await store.position(channel)
+        if since is not None and since.epoch and since.epoch != epoch:
+            raise codes.error(codes.UNRECOVERABLE_POSITION)
+        if limit == 0:
+            return StreamState(epoch=epoch, offset=top, publications=[])
+        rows = await store.history(channel, since_offset=since.offset if since is not None else None,
+                                   limit=limit, reverse=reverse, max_age=retention or None)
+        return StreamState(epoch=epoch, offset=top, publications=[to_wire(p) for p in rows])
+
+    async def remove_history(self, channel: str) -> None:
+        await self._need_store().remove_history(channel)
