@@ -146,25 +146,28 @@ class ServerApi:
     async def _subscribe(self, req: server_api.SubscribeRequest) -> dict[str, Any]:
         if not req.user or not req.channel:
             raise codes.error(codes.BAD_REQUEST)
+        self.node.rules.resolve(req.channel)
         override = None
         if req.override is not None:
-            from centrifugo_bridge.tokens import Override
-
             o = req.override
-            override = Override(**{k: getattr(o, k).value for k in Override.__struct_fields__
-                                   if getattr(o, k, None) is not None})
-        await self.node.server_subscribe(
-            req.user, req.channel, client=req.client,
-            info=server_api.payload(req.info, req.b64info),
-            data=server_api.payload(req.data, req.b64data), since=req.recover_since,
-            override=override, expire_at=req.expire_at)
+            override = {k: getattr(o, k).value for k in o.__struct_fields__
+                        if getattr(o, k, None) is not None}
+        since = req.recover_since
+        # bytes travel inside the JSON control message as latin-1 text (lossless).
+        await self.node.control({
+            "op": "subscribe", "user": req.user, "channel": req.channel, "client": req.client,
+            "info": server_api.payload(req.info, req.b64info).decode("latin-1"),
+            "data": server_api.payload(req.data, req.b64data).decode("latin-1"),
+            "since": {"offset": since.offset, "epoch": since.epoch} if since else None,
+            "override": override, "expire_at": req.expire_at})
         return {}
 
     async def _unsubscribe(self, req: server_api.UnsubscribeRequest) -> dict[str, Any]:
         if not req.user or not req.channel:
             raise codes.error(codes.BAD_REQUEST)
         self.node.rules.resolve(req.channel)
-        self.node.server_unsubscribe(req.user, req.channel, client=req.client)
+        await self.node.control({"op": "unsubscribe", "user": req.user, "channel": req.channel,
+                                 "client": req.client})
         return {}
 
     async def _disconnect(self, req: server_api.DisconnectRequest) -> dict[str, Any]:
@@ -177,15 +180,19 @@ class ServerApi:
             if d.code < 3000 or d.code > 4999 or len(d.reason.encode()) > 120:
                 raise codes.error(codes.BAD_REQUEST)
             disconnect = Disconnect(d.code, d.reason)
-        self.node.disconnect(req.user, disconnect, client=req.client, whitelist=req.whitelist)
+        await self.node.control({
+            "op": "disconnect", "user": req.user, "client": req.client,
+            "whitelist": req.whitelist,
+            "disconnect": {"code": disconnect.code, "reason": disconnect.reason}})
         return {}
 
     async def _refresh(self, req: server_api.RefreshRequest) -> dict[str, Any]:
         if not req.user:
             raise codes.error(codes.BAD_REQUEST)
-        info = server_api.payload(req.info, req.b64info) or None
-        self.node.refresh(req.user, client=req.client, expired=req.expired,
-                          expire_at=req.expire_at, info=info)
+        info = server_api.payload(req.info, req.b64info)
+        await self.node.control({
+            "op": "refresh", "user": req.user, "client": req.client, "expired": req.expired,
+            "expire_at": req.expire_at, "info": info.decode("latin-1") if info else None})
         return {}
 
     async def _presence(self, req: server_api.PresenceRequest) -> dict[str, Any]:
@@ -218,14 +225,27 @@ class ServerApi:
         return {}
 
     async def _channels(self, req: server_api.ChannelsRequest) -> dict[str, Any]:
+        # This node's hub is live; other nodes' counts come from their last registration.
+        totals = dict(self.node.hub.channels())
+        for entry in await self.node.nodes():
+            if entry.get("uid") == self.node.uid:
+                continue
+            for name, count in (entry.get("channels") or {}).items():
+                totals[name] = totals.get(name, 0) + int(count)
         channels = {}
-        for name, count in self.node.hub.channels().items():
+        for name, count in totals.items():
             if not req.pattern or fnmatch.fnmatchcase(name, req.pattern):
                 channels[name] = {"num_clients": count} if count else {}
         return {"channels": channels}
 
     async def _info(self, req: server_api.InfoRequest) -> dict[str, Any]:
-        return {"nodes": [self.node.info()]}
+        nodes = []
+        for entry in await self.node.nodes():
+            entry = {k: v for k, v in entry.items() if k != "channels"}
+            if entry.get("uid") == self.node.uid:
+                entry = self.node.info()
+            nodes.append(entry)
+        return {"nodes": nodes}
 
     def _channel(self, channel: str) -> Any:
         if not channel:

@@ -94,7 +94,7 @@ async def postgres_for(settings: Settings) -> AsyncIterator[None]:
         await pg.stop()
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     import gc
 
     from gateway.node import Node
@@ -108,7 +108,7 @@ async def _serve(settings: Settings) -> None:
         node = Node(settings)
         await node.start()
         server = await serve(node, settings.http.host, settings.http.port,
-                             backlog=settings.http.backlog)
+                             backlog=settings.http.backlog, reuse_port=reuse_port)
         log.info("sentchat %s listening on http://%s:%d (websocket /connection/websocket)",
                  __version__, settings.http.host, settings.http.port)
         stop = asyncio.Event()
@@ -158,16 +158,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for w in warnings:
         log.warning("%s", w)
     if settings.node.workers > 1:
-        print("sentchat: --workers > 1 needs the Redis broker so workers can fan out to each "
-              "other; it is not available yet (see the multi-node issue). Run one worker.",
-              file=sys.stderr)
-        return 2
+        from gateway.workers import supervise
+
+        passthrough: list[str] = []
+        for flag, value in (("--config", args.config), ("--centrifugo-config", args.centrifugo_config),
+                            ("--host", args.host), ("--port", args.port), ("--log-level", args.log_level)):
+            if value:
+                passthrough += [flag, str(value)]
+        return asyncio.run(supervise(settings, passthrough))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; only on odd platforms
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, args.reuse_port))
     else:
-        uvloop.run(_serve(settings))
+        uvloop.run(_serve(settings, args.reuse_port))
     return 0
 
 
@@ -216,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8000; env SENTCHAT_HTTP_PORT)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--log-level", default=os.environ.get("SENTCHAT_LOG_LEVEL", "INFO"))
+    # Set by the --workers supervisor for its workers: several processes share the port.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     mig = sub.add_parser("migrate", help="apply the PostgreSQL schema migrations")

@@ -86,6 +86,26 @@ class NodeSettings(msgspec.Struct, forbid_unknown_fields=True):
     workers: int = 1
 
 
+class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Shards: channels spread over these servers by a stable hash. Empty = in-process
+    # broker (one worker) or an embedded Valkey started for `--workers N`.
+    urls: list[str] = []
+    prefix: str = "sentchat"
+    # Pub/sub connections per shard (per-channel order holds: a channel uses one of them).
+    pubsub_per_shard: int = 2
+    # A dead node's clients leave presence within this time.
+    presence_ttl: float = 60.0
+    # Live nodes re-register this often; a node silent for 3 periods is gone.
+    node_info_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("redis://", "rediss://", "valkey://", "unix://")):
+                raise ValueError(f"redis url {url!r} must start with redis://")
+        if self.pubsub_per_shard < 1 or self.presence_ttl <= 0 or self.node_info_interval <= 0:
+            raise ValueError("pubsub_per_shard, presence_ttl and node_info_interval must be positive")
+
+
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Empty: an embedded PostgreSQL under data_dir is started when a namespace is durable.
     postgres_dsn: str = ""
@@ -129,6 +149,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     channel: ChannelSettings = msgspec.field(default_factory=ChannelSettings)
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
     @property
     def durable(self) -> bool:
@@ -168,6 +189,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 DURATION_KEYS = frozenset({
     "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
     "expired_sub_close_delay", "history_ttl", "retention", "jwks_cache_ttl", "flush_interval",
+    "presence_ttl", "node_info_interval",
 })
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -265,6 +287,11 @@ def build_settings(data: dict[str, Any]) -> Settings:
         raise ConfigError("config key http.port: must be 1-65535")
     if settings.node.workers < 1:
         raise ConfigError("config key node.workers: must be >= 1")
+    if settings.durable and (settings.redis.urls or settings.node.workers > 1):
+        # Each process would sequence a durable channel on its own; offsets must come from
+        # the database transaction first (see docs/storage.md).
+        raise ConfigError("config key redis.urls: durable namespaces are not supported with "
+                          "several gateway processes yet; run one worker or make them ephemeral")
     return settings
 
 
@@ -319,7 +346,9 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
     """Overlay SENTCHAT_* variables onto a settings mapping."""
     for name, value in environ.items():
-        if name in ENV_KEYS:
+        if name == "SENTCHAT_REDIS_URLS":
+            _set(data, ("redis", "urls"), [u.strip() for u in value.split(",") if u.strip()])
+        elif name in ENV_KEYS:
             path = ENV_KEYS[name]
             # Secrets and host stay strings even if they look like numbers.
             _set(data, path, int(value) if path[-1] in ("port", "workers") and value.isdigit() else value)

@@ -70,6 +70,9 @@ class Hub:
     def num_channels(self) -> int:
         return len(self._channels)
 
+    def subscribers(self, channel: str) -> list[Subscriber]:
+        return list(self._channels.get(channel, ()))
+
     def num_subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 

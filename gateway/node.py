@@ -4,6 +4,7 @@ connections, and the operations both clients (via effects) and the server API us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -11,6 +12,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import orjson
 
 from centrifugo_bridge import codes, effects
 from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
@@ -31,6 +34,8 @@ from gateway.timers import TimerWheel
 
 log = logging.getLogger("sentchat.node")
 
+# Channels per node listed in the registry for the `channels` API.
+CHANNELS_IN_REGISTRY = 10_000
 # Centrifugo keeps idempotent publish results for 5 minutes.
 IDEMPOTENCY_WINDOW = 300.0
 # Bound on remembered keys of ephemeral publications (oldest forgotten first).
@@ -53,7 +58,7 @@ class Node:
         self.verifier = TokenVerifier(settings.client.token)
         sub = settings.client.subscription_token
         self.sub_verifier = TokenVerifier(sub) if sub is not None else self.verifier
-        self.broker: Broker = broker or MemoryBroker()
+        self.broker: Broker = broker or self._make_broker(settings)
         self.durable: DurableStreams | None = None
         if settings.durable:
             ch = settings.channel
@@ -76,6 +81,24 @@ class Node:
         self._background: set[asyncio.Task[Any]] = set()
         # Every socket past the WebSocket handshake, connected or still before `connect`.
         self._all: set[Connection] = set()
+        # Local presence-enabled subscriptions, re-announced to a shared broker periodically
+        # so that they expire there when this process dies: channel -> {client: info}.
+        self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._periodic: asyncio.Task[None] | None = None
+
+    def _make_broker(self, settings: Settings) -> Broker:
+        r = settings.redis
+        if not r.urls:
+            return MemoryBroker()
+        from gateway.broker.redis import RedisBroker
+
+        return RedisBroker(r.urls, node_id=self.uid, pubsub_per_shard=r.pubsub_per_shard,
+                           presence_ttl=r.presence_ttl, prefix=r.prefix)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether other processes share this node's broker (control, registry, presence)."""
+        return hasattr(self.broker, "publish_control")
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -89,10 +112,17 @@ class Node:
             await self.durable.start(dsn)
         await self.broker.start(self)
         self.timers.start()
+        if self.clustered:
+            await self._announce()
+            self._periodic = asyncio.get_running_loop().create_task(self._keep_alive())
 
     async def stop(self) -> None:
         """Close every connection with 3001 (shutdown: clients reconnect elsewhere)."""
         self.timers.stop()
+        if self._periodic is not None:
+            self._periodic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._periodic
         for conn in list(self._all):
             conn.close(codes.SHUTDOWN)
         if self._background:
@@ -202,32 +232,43 @@ class Node:
     async def _subscribe(self, eff: effects.SubscribeChannel, conn: Connection) -> effects.StreamState:
         channel, opts = eff.channel, eff.options
         conn.start_buffering(channel)
-        if self.hub.add(channel, conn, eff.push_join_leave):
-            await self.broker.subscribe(channel)
+        self.hub.add(channel, conn, eff.push_join_leave)
         self.metrics.subscriptions.inc()
-        state = effects.StreamState()
-        if opts.history_enabled:
-            if eff.since is None:
-                state = await self.history(channel, 0, None, False)
-            else:
-                try:
-                    if eff.cache_recovery:
-                        state = await self.history(channel, 1, None, True)
-                    else:
-                        # One more than the limit: the session tells "too many" from "exact".
-                        state = await self.history(channel, eff.recovery_limit + 1, eff.since, False)
-                except ClientError as exc:
-                    if exc.code != codes.UNRECOVERABLE_POSITION[0]:
-                        raise
-                    state = await self.history(channel, 0, None, False)
+        try:
+            # Every subscriber waits for the broker's confirmation (returns at once when the
+            # channel is already heard): a history read before it could miss a publication.
+            await self.broker.subscribe(channel)
+            state = await self._stream_state(eff)
+            if opts.presence:
+                await self.broker.add_presence(channel, eff.info)
+                self._presence.setdefault(channel, {})[eff.info.client] = eff.info
+        except BaseException:
+            # Undo: the session will not record this subscription.
+            if self._unregister(channel, conn):
+                await self.broker.unsubscribe(channel)
+            raise
         pubs = state.publications
         conn.set_cutoff(channel, max(state.offset, pubs[-1].offset if pubs else 0))
-        if opts.presence:
-            await self.broker.add_presence(channel, eff.info)
         if opts.join_leave:
             # After the subscribe reply is written, as Centrifuge does.
             self._spawn(self.broker.publish_join(channel, eff.info))
         return state
+
+    async def _stream_state(self, eff: effects.SubscribeChannel) -> effects.StreamState:
+        channel = eff.channel
+        if not eff.options.history_enabled:
+            return effects.StreamState()
+        if eff.since is None:
+            return await self.history(channel, 0, None, False)
+        try:
+            if eff.cache_recovery:
+                return await self.history(channel, 1, None, True)
+            # One more than the limit: the session tells "too many" from "exact".
+            return await self.history(channel, eff.recovery_limit + 1, eff.since, False)
+        except ClientError as exc:
+            if exc.code != codes.UNRECOVERABLE_POSITION[0]:
+                raise
+            return await self.history(channel, 0, None, False)
 
     def _unregister(self, channel: str, conn: Connection) -> bool:
         self.metrics.subscriptions.dec()
@@ -241,6 +282,11 @@ class Node:
         if last:
             await self.broker.unsubscribe(channel)
         if opts.presence:
+            members = self._presence.get(channel)
+            if members is not None:
+                members.pop(eff.info.client, None)
+                if not members:
+                    del self._presence[channel]
             await self.broker.remove_presence(channel, eff.info.client)
         if opts.join_leave:
             # Spawned like the join: tasks start in order, so a join still pending (subscribe
@@ -374,15 +420,117 @@ class Node:
             "num_subs": self.hub.num_subscriptions,
         }
 
-    async def _rpc_whoami(self, user: str, client: str, data: bytes) -> bytes:
-        import orjson
+    # ---- cluster: control messages, node registry, presence refresh, shard resets -----
 
+    async def _announce(self) -> None:
+        r = self.settings.redis
+        info = self.info()
+        # Channel counts travel with the node entry so `channels` can aggregate; capped so
+        # one busy node cannot blow up the registry.
+        info["channels"] = dict(list(self.hub.channels().items())[:CHANNELS_IN_REGISTRY])
+        await self.broker.register_node(info, r.node_info_interval * 3)  # type: ignore[attr-defined]
+
+    async def _keep_alive(self) -> None:
+        r = self.settings.redis
+        presence_every = r.presence_ttl / 3
+        next_presence = time.monotonic() + presence_every
+        while True:
+            await asyncio.sleep(min(r.node_info_interval, presence_every))
+            try:
+                await self._announce()
+                if time.monotonic() >= next_presence:
+                    next_presence = time.monotonic() + presence_every
+                    items = [(ch, info) for ch, members in self._presence.items()
+                             for info in members.values()]
+                    if items:
+                        await self.broker.refresh_presence(items)  # type: ignore[attr-defined]
+            except ClientError as exc:
+                log.warning("cluster keep-alive failed: %s", exc.message)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every live node's info entry (just this one without a shared broker)."""
+        if not self.clustered:
+            info = self.info()
+            info["channels"] = self.hub.channels()
+            return [info]
+        return await self.broker.nodes()  # type: ignore[attr-defined]
+
+    async def control(self, command: dict[str, Any]) -> None:
+        """Apply a server-API control command here and on every other node."""
+        await self.apply_control(command)
+        if self.clustered:
+            payload = orjson.dumps({**command, "origin": self.uid})
+            await self.broker.publish_control(payload)  # type: ignore[attr-defined]
+
+    def deliver_control(self, data: bytes) -> None:
+        """A control message from the broker (our own come back too: skipped)."""
+        try:
+            command = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.error("unreadable control message")
+            return
+        if command.get("origin") == self.uid:
+            return
+        self._spawn(self.apply_control(command))
+
+    async def apply_control(self, command: dict[str, Any]) -> None:
+        op = command.get("op")
+        user, client = command.get("user", ""), command.get("client", "")
+        if op == "disconnect":
+            d = command.get("disconnect") or {}
+            self.disconnect(user, Disconnect(int(d.get("code", 3503)), str(d.get("reason", "force disconnect"))),
+                            client=client, whitelist=command.get("whitelist") or [])
+        elif op == "unsubscribe":
+            self.server_unsubscribe(user, command["channel"], client=client)
+        elif op == "refresh":
+            info = command.get("info")
+            self.refresh(user, client=client, expired=bool(command.get("expired")),
+                         expire_at=int(command.get("expire_at") or 0),
+                         info=info.encode("latin-1") if isinstance(info, str) else None)
+        elif op == "subscribe":
+            since = command.get("since")
+            await self.server_subscribe(
+                user, command["channel"], client=client,
+                info=(command.get("info") or "").encode("latin-1"),
+                data=(command.get("data") or "").encode("latin-1"),
+                since=StreamPosition(**since) if since else None,
+                override=_override(command.get("override")),
+                expire_at=int(command.get("expire_at") or 0))
+        else:
+            log.error("unknown control op %r", op)
+
+    def shard_reset(self, channels: list[str]) -> None:
+        """A broker shard came back: what it published meanwhile never reached us. Local
+        subscribers are unsubscribed with 2500, so the SDKs resubscribe and recover."""
+        for channel in channels:
+            for conn in list(self.hub.subscribers(channel)):
+                out = conn.session.server_unsubscribe(channel, *codes.UNSUBSCRIBE_INSUFFICIENT_STATE)
+                if out is not None:
+                    payload, effect = out
+                    conn.write_frame(build_frame(payload, conn.codec.binary))
+                    self.detach(effect, conn)
+
+    async def _rpc_whoami(self, user: str, client: str, data: bytes) -> bytes:
         return orjson.dumps({"user": user, "client": client, "node": self.name})
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, ClientError):
+        # Broker outages are logged by the broker; one line here is enough.
+        log.warning("background broker call failed: %s", exc.message)
+    elif exc is not None:
+        log.error("background task failed", exc_info=exc)
+
+
+def _override(value: Any) -> Any:
+    if not value:
+        return None
+    from centrifugo_bridge.tokens import Override
+
+    return Override(**{k: v for k, v in value.items() if k in Override.__struct_fields__})
 
 
 __all__ = ["Node"]

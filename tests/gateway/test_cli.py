@@ -280,18 +280,21 @@ async def test_serve_missing_config_file(tmp_path: Path) -> None:
     assert "nope.toml" in res.stderr
 
 
-async def test_serve_workers_needs_redis(tmp_path: Path) -> None:
-    res = await run("serve", "--workers", "2", "--port", str(free_port()), env=cli_env(tmp_path))
-    assert res.rc == 2
-    assert "Redis" in res.stderr
-    assert "workers" in res.stderr
-
-
-async def test_serve_workers_env_needs_redis(tmp_path: Path) -> None:
-    env = cli_env(tmp_path, SENTCHAT_WORKERS="2")
-    res = await run("serve", "--port", str(free_port()), env=env)
-    assert res.rc == 2
-    assert "Redis" in res.stderr
+async def test_serve_workers_share_the_port_over_embedded_valkey(tmp_path: Path) -> None:
+    """`SENTCHAT_WORKERS=2` (like `--workers 2`) with no Redis configured: an embedded Valkey
+    is started, both workers answer on one port and register as nodes, SIGTERM stops all."""
+    port = free_port()
+    env = cli_env(tmp_path, SENTCHAT_WORKERS="2", SENTCHAT_API_KEY="k")
+    async with serving("--port", str(port), port=port, env=env, tmp=tmp_path) as served:
+        names: set[str] = set()
+        deadline = time.monotonic() + WAIT
+        while len(names) < 2 and time.monotonic() < deadline:
+            status, body = await http(port, "POST", "/api/info", {}, {"X-API-Key": "k"})
+            assert status == 200
+            names = {n["name"] for n in json.loads(body)["result"]["nodes"]}
+            await asyncio.sleep(0.1)
+        assert len(names) == 2, names
+        assert await served.stop() == 0
 
 
 # ---- sentchat serve: running ------------------------------------------------------------------
