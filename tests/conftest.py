@@ -7,17 +7,26 @@ real `cent` HTTP API client. Each server is the same Node the CLI builds, from s
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import secrets
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import jwt
 import pytest
 
 from gateway.config import Settings, build_settings
 from gateway.node import Node
 from gateway.server import serve
+from storage.embedded import EmbeddedPostgres
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 API_KEY = "test-api-key"
@@ -118,3 +127,68 @@ async def make_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     yield factory
     for srv in started:
         await stop_server(srv)
+
+
+# ---- PostgreSQL: one real server per session, a fresh database per test -----------------
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` (URL form) pointing at another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def server_dirs() -> Iterator[Callable[[str], Path]]:
+    """Makes directories for PostgreSQL data under /tmp, removed at the end of the session.
+
+    Not under pytest's tmp_path: every pytest process that starts on this machine resets
+    /tmp/pytest-of-<user> to mode 0700, which (as root, where the server runs as another
+    user) pulls the data directory from under a running server of a concurrent session."""
+    root = Path(tempfile.mkdtemp(prefix="sentchat-test-pg-"))
+    root.chmod(0o755)  # the server user must traverse it
+    counter = itertools.count()
+
+    def make(name: str) -> Path:
+        path = root / f"{name}{next(counter)}"
+        path.mkdir()
+        return path
+
+    try:
+        yield make
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def pg_dsn(server_dirs: Callable[[str], Path]) -> AsyncIterator[str]:
+    """DSN of a database on the session's server from which databases can be created."""
+    external = os.environ.get("SENTCHAT_TEST_POSTGRES_DSN")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(server_dirs("session"))
+    dsn = await server.start()
+    try:
+        yield dsn
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def empty_dsn(pg_dsn: str) -> AsyncIterator[str]:
+    """DSN of a new, empty database, dropped after the test."""
+    name = f"test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(pg_dsn, name)
+    finally:
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
