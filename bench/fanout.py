@@ -1,11 +1,13 @@
-"""Fan-out benchmark: N WebSocket subscribers of one channel, M publications via the HTTP API.
+"""Fan-out benchmark: N WebSocket subscribers over C channels, M publications via the HTTP API.
 
-    python -m bench.fanout [--connections N] [--publications M] [--rate R] ...
+    python -m bench.fanout [--connections N] [--channels C] [--publications M] [--rate R]
+                           [--workers W] ...
 
-The script starts `sentchat serve` (one worker) on a free loopback port, opens N connections
-from client processes speaking the Centrifugo JSON protocol (v2) directly, subscribes them all
-to ``chat:bench``, publishes M paced publications with ``POST /api/publish`` and measures what
-each subscriber received. See bench/README.md for how to read the output.
+The script starts `sentchat serve --workers W` on a free loopback port, opens N connections
+from client processes speaking the Centrifugo JSON protocol (v2) directly, subscribes
+connection g to ``chat:bench-<g mod C>``, publishes M paced publications round-robin over the
+C channels with ``POST /api/publish`` and measures what each subscriber received. See
+bench/README.md for how to read the output.
 """
 
 from __future__ import annotations
@@ -36,17 +38,30 @@ from bench.common import (
     ROOT,
     GatewayProcess,
     Histogram,
+    ValkeyProcess,
     bucket_index,
-    cpu_seconds,
     free_port,
     machine_info,
+    machine_jiffies,
     rss_kb,
+    sum_cpu,
+    sum_rss,
 )
 
-CHANNEL = "chat:bench"
+CHANNEL_PREFIX = "chat:bench-"
 WS_PATH = "/connection/websocket"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def channel_name(index: int) -> str:
+    """Connection g subscribes to channel g mod C; publication s goes to channel s mod C."""
+    return f"{CHANNEL_PREFIX}{index}"
+
+
+def channel_share(channel: int, publications: int, channels: int) -> int:
+    """How many of publications 0..M-1 go to ``channel`` (round-robin)."""
+    return len(range(channel, publications, channels))
 
 # ---- client side (runs in each client process) -------------------------------------------
 
@@ -87,6 +102,7 @@ class ClientStats:
     duplicates: int = 0
     reordered: int = 0
     out_of_range: int = 0
+    misrouted: int = 0  # a publication of another channel
     pings: int = 0
     protocol_errors: int = 0
     other_pushes: int = 0
@@ -109,12 +125,15 @@ class BenchClient(asyncio.Protocol):
     """One subscriber: raw WebSocket framing over a transport, no task per connection."""
 
     __slots__ = ("st", "target", "transport", "buf", "upgraded", "ws_key", "hello", "ready",
-                 "t0", "seen", "count", "max_seq", "finished", "closing", "__weakref__")
+                 "t0", "seen", "count", "max_seq", "finished", "closing", "ch", "nch",
+                 "__weakref__")
 
     def __init__(self, st: ClientStats, host_header: str, token: str, t0: float,
-                 ready: asyncio.Future[None]) -> None:
+                 ready: asyncio.Future[None], ch: int, nch: int) -> None:
         self.st = st
-        self.target = st.publications
+        self.ch = ch
+        self.nch = nch
+        self.target = channel_share(ch, st.publications, nch)
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.upgraded = False
@@ -125,11 +144,11 @@ class BenchClient(asyncio.Protocol):
             + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
             # connect and subscribe pipelined in one frame (newline-delimited JSON commands)
             client_frame(orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})
-                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": CHANNEL}})),
+                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": channel_name(ch)}})),
         )
         self.ready = ready
         self.t0 = t0
-        self.seen = bytearray(st.publications)
+        self.seen = bytearray(self.target)  # index: seq // nch
         self.count = 0
         self.max_seq = -1
         self.finished = False
@@ -242,14 +261,18 @@ class BenchClient(asyncio.Protocol):
                     continue
                 data = pub["data"]
                 seq = data["s"]
-                if not 0 <= seq < self.target:
+                if not 0 <= seq < st.publications:
                     st.out_of_range += 1
                     continue
+                if seq % self.nch != self.ch:
+                    st.misrouted += 1
+                    continue
                 seen = self.seen
-                if seen[seq]:
+                idx = seq // self.nch
+                if seen[idx]:
                     st.duplicates += 1
                     continue
-                seen[seq] = 1
+                seen[idx] = 1
                 lat = (now - data["t"]) // 1000
                 h = st.deliveries
                 h.counts[bucket_index(lat)] += 1
@@ -325,7 +348,8 @@ class BenchClient(asyncio.Protocol):
             st.done.set()
 
     def retarget(self, target: int) -> None:
-        """After publishing: wait for ``target`` unique deliveries instead of all M."""
+        """After publishing: wait for ``target`` unique deliveries (the accepted
+        publications of this connection's channel) instead of all of them."""
         self.target = target
         if self.count >= target:
             self._complete()
@@ -347,14 +371,15 @@ async def _pipe_messages(pipe: Pipe) -> asyncio.Queue[Any]:
     return queue
 
 
-async def _connect_one(st: ClientStats, cfg: dict[str, Any], source: str, user: str,
+async def _connect_one(st: ClientStats, cfg: dict[str, Any], source: str, user: int,
                        sem: asyncio.Semaphore, clients: list[BenchClient]) -> None:
     loop = asyncio.get_running_loop()
-    token = jwt.encode({"sub": user}, cfg["secret"], algorithm="HS256")
+    token = jwt.encode({"sub": f"bench-{user}"}, cfg["secret"], algorithm="HS256")
     async with sem:
         t0 = time.perf_counter()
         ready: asyncio.Future[None] = loop.create_future()
-        proto = BenchClient(st, f"{cfg['host']}:{cfg['port']}", token, t0, ready)
+        proto = BenchClient(st, f"{cfg['host']}:{cfg['port']}", token, t0, ready,
+                            user % cfg["channels"], cfg["channels"])
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -402,7 +427,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     await next_message()  # "connect"
     started = time.perf_counter()
     sem = asyncio.Semaphore(cfg["concurrency"])
-    await asyncio.gather(*(_connect_one(st, cfg, source, f"bench-{first_user + i}", sem, clients)
+    await asyncio.gather(*(_connect_one(st, cfg, source, first_user + i, sem, clients)
                            for i in range(count)))
     connect_s = time.perf_counter() - started
     # Long-lived objects from now on: keep the collector off them (GC pauses = client latency).
@@ -412,28 +437,39 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     pipe.send(("ready", {"ready": st.ready, "failed": st.failed, "connect_s": connect_s,
                          "connect_hist": st.connect.to_dict()}))
 
-    msg = await next_message()  # ("finish", published_ok, drain_s) or ("abort",)
+    msg = await next_message()  # ("finish", failed publication seqs, drain_s) or ("abort",)
     if msg[0] == "finish":
-        _, published, drain_s = msg
+        _, failed, drain_s = msg
+        nch, total = cfg["channels"], cfg["publications"]
+        failed_idx: dict[int, list[int]] = {}  # channel -> seen-bitmap indexes not accepted
+        for seq in failed:
+            failed_idx.setdefault(seq % nch, []).append(seq // nch)
+        accepted = [channel_share(ch, total, nch) - len(failed_idx.get(ch, ()))
+                    for ch in range(nch)]
         for c in clients:
-            c.retarget(published)
+            c.retarget(accepted[c.ch])
         if st.outstanding > 0:
             try:
                 await asyncio.wait_for(st.done.wait(), drain_s)
             except TimeoutError:
                 pass
-        missing = 0
+        missing = incomplete = expected = 0
         for c in clients:
-            if c.count < published:
-                missing += published - c.seen.count(1, 0, published)
+            want = accepted[c.ch]
+            expected += want
+            got = c.count - sum(c.seen[i] for i in failed_idx.get(c.ch, ()))
+            if got < want:
+                missing += want - got
+                incomplete += 1
         ru = os.times()
         pipe.send(("result", {
-            "source": source, "ready": st.ready, "received": st.received,
+            "source": source, "ready": st.ready, "received": st.received, "expected": expected,
             "missing": missing, "duplicates": st.duplicates, "reordered": st.reordered,
-            "out_of_range": st.out_of_range, "pings": st.pings, "closed": st.closed,
+            "out_of_range": st.out_of_range, "misrouted": st.misrouted, "pings": st.pings,
+            "closed": st.closed,
             "protocol_errors": st.protocol_errors, "other_pushes": st.other_pushes,
             "first_recv_ns": st.first_recv_ns, "last_recv_ns": st.last_recv_ns,
-            "incomplete": sum(1 for c in clients if c.count < published),
+            "incomplete": incomplete,
             "latency": st.deliveries.to_dict(), "latency_sched": st.from_schedule.to_dict(),
             "cpu_s": ru.user + ru.system, "rss_kb": rss_kb(os.getpid()),
         }))
@@ -464,11 +500,12 @@ def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
 
 
 async def publish_all(host: str, port: int, api_key: str, count: int, rate: float,
-                      payload_bytes: int, call_timeout: float) -> dict[str, Any]:
-    """POST /api/publish ``count`` times on one keep-alive connection, paced at ``rate``/s."""
+                      payload_bytes: int, call_timeout: float, channels: int = 1) -> dict[str, Any]:
+    """POST /api/publish ``count`` times on one keep-alive connection, paced at ``rate``/s;
+    publication ``seq`` goes to channel ``seq mod channels``."""
     head = (f"POST /api/publish HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {api_key}\r\n"
             "Content-Type: application/json\r\nContent-Length: ").encode()
-    prefix = b'{"channel":"' + CHANNEL.encode() + b'","data":'
+    prefixes = [b'{"channel":"' + channel_name(i).encode() + b'","data":' for i in range(channels)]
     calls = Histogram()
     errors: dict[str, int] = {}
     failed: list[int] = []
@@ -489,7 +526,7 @@ async def publish_all(host: str, port: int, api_key: str, count: int, rate: floa
             sent = time.time_ns()
             data = b'{"s":%d,"t":%d,"k":%d,"p":"' % (seq, sent, sched)
             pad = max(0, payload_bytes - len(data) - 2)
-            body = prefix + data + b"x" * pad + b'"}}'
+            body = prefixes[seq % channels] + data + b"x" * pad + b'"}}'
             writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
             lag.record(max(0, (sent - sched) // 1000))
             resp_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), call_timeout)
