@@ -287,11 +287,6 @@ def build_settings(data: dict[str, Any]) -> Settings:
         raise ConfigError("config key http.port: must be 1-65535")
     if settings.node.workers < 1:
         raise ConfigError("config key node.workers: must be >= 1")
-    if settings.durable and (settings.redis.urls or settings.node.workers > 1):
-        # Each process would sequence a durable channel on its own; offsets must come from
-        # the database transaction first (see docs/storage.md).
-        raise ConfigError("config key redis.urls: durable namespaces are not supported with "
-                          "several gateway processes yet; run one worker or make them ephemeral")
     return settings
 
 

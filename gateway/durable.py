@@ -45,10 +45,13 @@ def to_wire(pub: StoredPublication) -> Publication:
 class DurableStreams:
     """The PostgreSQL side of a node."""
 
-    def __init__(self, settings: StorageSettings, deliver: Callable[[str, Publication], None],
-                 max_retention: float = 0.0) -> None:
+    def __init__(self, settings: StorageSettings, deliver: Callable[[str, Publication, str], None],
+                 max_retention: float = 0.0, shared: bool = False) -> None:
         self.settings = settings
+        # deliver(channel, publication, epoch): called after each commit, in offset order.
         self._deliver = deliver
+        # Several processes write the same channels: the database sequences them.
+        self._shared = shared
         self._max_retention = max_retention
         self.pool: asyncpg.Pool | None = None
         self.store: PublicationStore | None = None
@@ -64,7 +67,8 @@ class DurableStreams:
         await self.partitions.ensure()
         self.store = PublicationStore(
             self.pool, max_batch=s.max_batch, flush_interval=s.flush_interval,
-            queue_limit=s.queue_limit, on_committed=self._committed, partitions=self.partitions)
+            queue_limit=s.queue_limit, on_committed=self._committed, partitions=self.partitions,
+            sequence_in_db=self._shared)
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
 
     async def close(self) -> None:
@@ -92,7 +96,7 @@ class DurableStreams:
     def _committed(self, pubs: list[StoredPublication]) -> None:
         deliver = self._deliver
         for pub in pubs:
-            deliver(pub.channel, to_wire(pub))
+            deliver(pub.channel, to_wire(pub), pub.epoch)
 
     def _need_store(self) -> PublicationStore:
         if self.store is None:

@@ -22,6 +22,12 @@ class Metrics:
         self.command_seconds = Histogram(
             "sentchat_command_duration_seconds", "Client command latency", ["method"], registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.broker_events = Gauge(
+            "sentchat_broker_events", "Broker events since start (reconnects, shard_resets, "
+            "publish_errors, command_errors, messages, ...)", ["event"], registry=r)
+        self.store_rows = Gauge("sentchat_store_committed_rows", "Durable publications committed",
+                                registry=r)
+        self.store_batches = Gauge("sentchat_store_batches", "Group-commit transactions", registry=r)
         self.api_requests = Counter("sentchat_api_requests", "Server API calls by method", ["method"], registry=r)
 
     def render(self) -> bytes:

@@ -30,6 +30,7 @@ from gateway.durable import DurableStreams
 from gateway.frames import build_frame
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.reorder import Reorder
 from gateway.timers import TimerWheel
 
 log = logging.getLogger("sentchat.node")
@@ -67,7 +68,8 @@ class Node:
                 retentions.append(ch.without_namespace.retention)
             # Partitions are dropped only when every durable namespace is past them.
             max_retention = 0.0 if 0.0 in retentions else max(retentions)
-            self.durable = DurableStreams(settings.storage, self.deliver_publication, max_retention)
+            self.durable = DurableStreams(settings.storage, self._committed, max_retention,
+                                          shared=bool(settings.redis.urls))
         # (channel, idempotency key) -> (expiry, result) for ephemeral publications.
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
         self.hub = Hub()
@@ -85,6 +87,10 @@ class Node:
         # so that they expire there when this process dies: channel -> {client: info}.
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._periodic: asyncio.Task[None] | None = None
+        # Durable channels heard through Redis are delivered in offset order.
+        self._reorder: Reorder | None = None
+        if self.durable is not None and self.clustered:
+            self._reorder = Reorder(self._fan_out, self._fill_gap)
 
     def _make_broker(self, settings: Settings) -> Broker:
         r = settings.redis
@@ -248,7 +254,10 @@ class Node:
                 await self.broker.unsubscribe(channel)
             raise
         pubs = state.publications
-        conn.set_cutoff(channel, max(state.offset, pubs[-1].offset if pubs else 0))
+        covered = max(state.offset, pubs[-1].offset if pubs else 0)
+        conn.set_cutoff(channel, covered)
+        if self._reorder is not None and opts.durable:
+            self._reorder.seed(channel, covered)
         if opts.join_leave:
             # After the subscribe reply is written, as Centrifuge does.
             self._spawn(self.broker.publish_join(channel, eff.info))
@@ -280,6 +289,8 @@ class Node:
     async def _broker_unsubscribe(self, eff: effects.UnsubscribeChannel, last: bool) -> None:
         channel, opts = eff.channel, eff.options
         if last:
+            if self._reorder is not None:
+                self._reorder.forget(channel)
             await self.broker.unsubscribe(channel)
         if opts.presence:
             members = self._presence.get(channel)
@@ -295,10 +306,37 @@ class Node:
 
     # ---- Deliveries (called by the broker) --------------------------------------------
 
+    def _committed(self, channel: str, pub: Publication, epoch: str) -> None:
+        """A durable publication is committed: fan it out (through Redis to every node when
+        several processes share the channel, straight to the hub otherwise)."""
+        if self.clustered:
+            self.broker.publish_committed(channel, pub, epoch)  # type: ignore[attr-defined]
+        else:
+            self._fan_out(channel, pub)
+
     def deliver_publication(self, channel: str, pub: Publication) -> None:
+        if self._reorder is not None and pub.offset and self._is_durable(channel):
+            self._reorder.push(channel, pub)
+        else:
+            self._fan_out(channel, pub)
+
+    def _fan_out(self, channel: str, pub: Publication) -> None:
         n = self.hub.publish(channel, pub)
         if n:
             self.metrics.deliveries.inc(n)
+
+    def _is_durable(self, channel: str) -> bool:
+        try:
+            return self.rules.resolve(channel).options.durable
+        except ClientError:
+            return False
+
+    async def _fill_gap(self, channel: str, after: int, up_to: int) -> list[Publication]:
+        if self.durable is None or up_to <= after:
+            return []
+        state = await self.durable.history(channel, up_to - after,
+                                           StreamPosition(offset=after), False, 0.0)
+        return [p for p in state.publications if p.offset <= up_to]
 
     def deliver_join(self, channel: str, info: ClientInfo) -> None:
         self.metrics.deliveries.inc(self.hub.join(channel, info))
@@ -410,6 +448,15 @@ class Node:
                 conn.session.conn_info = info
             conn.reschedule()
 
+    def refresh_metrics(self) -> None:
+        """Copy counters kept by the broker and the store into the Prometheus registry."""
+        for event, value in getattr(self.broker, "stats", {}).items():
+            self.metrics.broker_events.labels(event).set(value)
+        if self.durable is not None and self.durable.store is not None:
+            stats = self.durable.store.stats
+            self.metrics.store_rows.set(stats.rows)
+            self.metrics.store_batches.set(stats.batches)
+
     def info(self) -> dict[str, Any]:
         """This node's entry of the `info` API method."""
         users = {u for u in self.users if u}
@@ -438,6 +485,11 @@ class Node:
             await asyncio.sleep(min(r.node_info_interval, presence_every))
             try:
                 await self._announce()
+            except ClientError as exc:
+                log.warning("cluster keep-alive failed: %s", getattr(exc, "detail", "") or exc.message)
+            # Separately: the registry's shard being down must not let presence on the
+            # other shards expire.
+            try:
                 if time.monotonic() >= next_presence:
                     next_presence = time.monotonic() + presence_every
                     items = [(ch, info) for ch, members in self._presence.items()
@@ -445,7 +497,7 @@ class Node:
                     if items:
                         await self.broker.refresh_presence(items)  # type: ignore[attr-defined]
             except ClientError as exc:
-                log.warning("cluster keep-alive failed: %s", exc.message)
+                log.warning("presence refresh failed: %s", getattr(exc, "detail", "") or exc.message)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every live node's info entry (just this one without a shared broker)."""

@@ -157,6 +157,7 @@ class GatewayProtocol(asyncio.Protocol):
         if path == "/metrics":
             if head.method not in ("GET", "HEAD"):
                 return 405, b"Method Not Allowed", text
+            self.node.refresh_metrics()
             return 200, self.node.metrics.render(), CONTENT_TYPE_LATEST
         if path == WEBSOCKET_PATH:
             return 400, b"WebSocket upgrade expected", text

@@ -311,7 +311,7 @@ class EmbeddedPostgres:
 
     async def _start_server(self, bin_dir: Path) -> None:
         attempts = 1 if self._requested_port is not None else PORT_ATTEMPTS
-        last_error: EmbeddedPostgresError | None = None
+        last_error = EmbeddedPostgresError("the server was not started")
         for _ in range(attempts):
             port = self._requested_port or free_port()
             options = ["-h", HOST, "-p", str(port)]
@@ -331,16 +331,15 @@ class EmbeddedPostgres:
                 continue
             self.port = port
             return
-        assert last_error is not None  # noqa: S101 - the loop ran at least once
         raise last_error
 
     async def _pg_ctl_stop(self, bin_dir: Path) -> None:
         code, text = await self._run([str(bin_dir / "pg_ctl"), "stop", "-D", str(self.pgdata),
                                       "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S)], check=False)
-        if code != 0 and _read_postmaster_pid(self.pgdata) is not None:
-            pid = _read_postmaster_pid(self.pgdata)
-            if pid is not None and _is_postgres_process(pid):
-                raise EmbeddedPostgresError(f"pg_ctl stop failed ({code}): {text.strip()}")
+        # pg_ctl also fails when no server was running: only a live server is an error.
+        pid = _read_postmaster_pid(self.pgdata) if code != 0 else None
+        if pid is not None and _is_postgres_process(pid):
+            raise EmbeddedPostgresError(f"pg_ctl stop failed ({code}): {text.strip()}")
 
     async def _create_database(self) -> None:
         conn = await self._connect("postgres")

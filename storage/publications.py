@@ -126,7 +126,7 @@ class PublicationStore:
                  on_committed: Callable[[list[StoredPublication]], None] | None = None,
                  partitions: PartitionManager | None = None,
                  idempotency_window: float = IDEMPOTENCY_WINDOW_S,
-                 method: WriteMethod = "copy") -> None:
+                 method: WriteMethod = "copy", sequence_in_db: bool = False) -> None:
         self.pool = pool
         self._on_committed = on_committed
         # Without a manager from the node, one is kept to create a missing partition on
@@ -134,7 +134,11 @@ class PublicationStore:
         self.partitions = partitions or PartitionManager(pool, "daily", ahead=1)
         self._writer = BatchWriter(pool, max_batch=max_batch, flush_interval=flush_interval,
                                    queue_limit=queue_limit, on_committed=self._committed,
-                                   partitions=self.partitions, method=method)
+                                   partitions=self.partitions, method=method,
+                                   sequence_in_db=sequence_in_db)
+        # Several processes write the same channels: offsets come from the commit
+        # transaction and the position is always read from the database.
+        self._sequence_in_db = sequence_in_db
         self._streams: dict[str, _Stream] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._idempotency_window = idempotency_window
@@ -231,7 +235,9 @@ class PublicationStore:
             if "\\u0000" in tags_json:
                 raise ValueError("tags cannot contain NUL characters")
         self._writer.check_capacity()
-        if offset is None or epoch is None:
+        if (offset is None or epoch is None) and self._sequence_in_db:
+            offset, epoch = 0, ""  # given by the transaction (see BatchWriter)
+        elif offset is None or epoch is None:
             stream = self._streams.get(channel)
             while stream is None:
                 await self._load(channel)
@@ -324,6 +330,11 @@ class PublicationStore:
 
     async def position(self, channel: str) -> tuple[str, int]:
         """(epoch, last committed offset) of the channel, creating its stream if absent."""
+        if self._sequence_in_db:
+            row = await self.pool.fetchrow(_LOAD_STREAM, channel, secrets.token_hex(EPOCH_BYTES))
+            while row is None:  # a concurrent creator committed after our snapshot
+                row = await self.pool.fetchrow(_LOAD_STREAM, channel, secrets.token_hex(EPOCH_BYTES))
+            return row["epoch"], row["top"]
         stream = self._streams.get(channel)
         while stream is None:
             await self._load(channel)

@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Literal, NamedTuple
 
 import asyncpg
+import msgspec
 
 from storage.partitions import PartitionManager
 from storage.types import BatchStats, StoreClosed, StoredPublication, StoreError, StoreOverloaded
@@ -68,6 +69,23 @@ _UPSERT_TOPS = (
     "INSERT INTO channel_streams AS s (channel, epoch, top) "
     "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
     "ON CONFLICT (channel) DO UPDATE SET top = GREATEST(s.top, EXCLUDED.top)")
+
+# Sequencing in the database (several processes write one channel): create missing streams,
+# then lock the batch's stream rows in channel order until COMMIT. Concurrent writers of a
+# channel queue on that row lock, so its offsets are contiguous and commit order is offset
+# order across processes.
+_ENSURE_STREAMS = (
+    "INSERT INTO channel_streams (channel, epoch, top) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT (channel) DO NOTHING")
+_LOCK_STREAMS = (
+    "SELECT channel, epoch, top FROM channel_streams WHERE channel = ANY($1::text[]) "
+    "ORDER BY channel FOR UPDATE")
+_SET_TOPS = (
+    "UPDATE channel_streams AS s SET top = t.top FROM unnest($1::text[], $2::bigint[]) "
+    "AS t(channel, top) WHERE s.channel = t.channel")
+_BATCH_OFFSETS = (
+    'SELECT id, "offset", epoch FROM publications WHERE channel = ANY($1::text[]) '
+    "AND id = ANY($2::uuid[])")
 
 _BATCH_PRESENT = (
     'SELECT EXISTS (SELECT 1 FROM publications WHERE created_at = $1 AND channel = $2 '
@@ -129,6 +147,13 @@ def _missing_partition(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.CheckViolationError) and "no partition" in str(exc)
 
 
+def _sequenced(item: Item, offset: int, epoch: str) -> Item:
+    """``item`` with the offset and epoch its transaction gave it."""
+    pub = msgspec.structs.replace(item.pub, offset=offset, epoch=epoch)
+    record = (item.record[0], offset, epoch, *item.record[3:])
+    return Item(pub, record, item.future)  # type: ignore[arg-type]
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -139,7 +164,8 @@ class BatchWriter:
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int, flush_interval: float,
                  queue_limit: int, on_committed: Callable[[list[StoredPublication]], None],
-                 partitions: PartitionManager, method: WriteMethod = "copy") -> None:
+                 partitions: PartitionManager, method: WriteMethod = "copy",
+                 sequence_in_db: bool = False) -> None:
         if max_batch < 1 or queue_limit < 1 or flush_interval < 0:
             raise ValueError("max_batch and queue_limit must be >= 1, flush_interval >= 0")
         self._pool = pool
@@ -149,6 +175,8 @@ class BatchWriter:
         self._on_committed = on_committed
         self._partitions = partitions
         self._method: WriteMethod = method
+        # Offsets allocated by the transaction instead of by the caller (several processes).
+        self._sequence_in_db = sequence_in_db
         self._queue: collections.deque[Item] = collections.deque()
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -263,7 +291,7 @@ class BatchWriter:
     async def _commit(self, batch: list[Item]) -> None:
         """Commit ``batch`` (retrying transient failures), then publish it."""
         try:
-            await self._write_with_retry(batch)
+            batch = await self._write_with_retry(batch)
         except _Permanent as exc:
             cause = exc.__cause__ or exc
             if len(batch) > 1:
@@ -293,7 +321,7 @@ class BatchWriter:
             if not item.future.done():
                 item.future.set_result(item.pub)
 
-    async def _write_with_retry(self, batch: list[Item]) -> None:
+    async def _write_with_retry(self, batch: list[Item]) -> list[Item]:
         attempt = 0
         in_doubt = False
         fix_partitions = 0
@@ -303,12 +331,12 @@ class BatchWriter:
                     await self._partitions.ensure_for(item.pub.created_at for item in batch)
                 conn = await self._connection()
                 started = time.perf_counter()
-                await self._write_once(conn, batch, in_doubt)
+                written = await self._write_once(conn, batch, in_doubt)
                 self.stats.commit_seconds += time.perf_counter() - started
                 self.stats.batches += 1
                 self.stats.rows += len(batch)
                 self.stats.max_rows = max(self.stats.max_rows, len(batch))
-                return
+                return written
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -331,7 +359,12 @@ class BatchWriter:
                 await self._release_connection(terminate=True)
                 await asyncio.sleep(delay)
 
-    async def _write_once(self, conn: asyncpg.Connection, batch: list[Item], in_doubt: bool) -> None:
+    async def _write_once(self, conn: asyncpg.Connection, batch: list[Item],
+                          in_doubt: bool) -> list[Item]:
+        """One transaction; returns the batch as written (with offsets when the database
+        sequenced it)."""
+        if self._sequence_in_db:
+            return await self._write_sequenced(conn, batch, in_doubt)
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
             if in_doubt:
@@ -340,12 +373,8 @@ class BatchWriter:
                                        first.offset, first.id):
                     log.info("batch of %d publications had committed before the error",
                              len(batch))
-                    return
-            records = [item.record for item in batch]
-            if self._method == "copy":
-                await conn.copy_records_to_table("publications", records=records, columns=COLUMNS)
-            else:
-                await conn.execute(_INSERT_UNNEST, *map(list, zip(*records, strict=True)))
+                    return batch
+            await self._copy(conn, [item.record for item in batch])
             tops: dict[str, tuple[str, int]] = {}
             for item in batch:
                 pub = item.pub
@@ -355,6 +384,38 @@ class BatchWriter:
             channels = sorted(tops)
             await conn.execute(_UPSERT_TOPS, channels, [tops[c][0] for c in channels],
                                [tops[c][1] for c in channels])
+        return batch
+
+    async def _copy(self, conn: asyncpg.Connection, records: list[Record]) -> None:
+        if self._method == "copy":
+            await conn.copy_records_to_table("publications", records=records, columns=COLUMNS)
+        else:
+            await conn.execute(_INSERT_UNNEST, *map(list, zip(*records, strict=True)))
+
+    async def _write_sequenced(self, conn: asyncpg.Connection, batch: list[Item],
+                               in_doubt: bool) -> list[Item]:
+        channels = sorted({item.pub.channel for item in batch})
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            if in_doubt:
+                rows = await conn.fetch(_BATCH_OFFSETS, channels, [item.pub.id for item in batch])
+                if rows:
+                    log.info("batch of %d publications had committed before the error",
+                             len(batch))
+                    found = {row["id"]: (row["offset"], row["epoch"]) for row in rows}
+                    return [_sequenced(item, *found[item.pub.id]) for item in batch]
+            await conn.execute(_ENSURE_STREAMS, channels,
+                               [secrets.token_hex(4) for _ in channels], [0] * len(channels))
+            tops = {row["channel"]: [row["epoch"], row["top"]]
+                    for row in await conn.fetch(_LOCK_STREAMS, channels)}
+            written = []
+            for item in batch:
+                top = tops[item.pub.channel]
+                top[1] += 1
+                written.append(_sequenced(item, top[1], top[0]))
+            await self._copy(conn, [item.record for item in written])
+            await conn.execute(_SET_TOPS, channels, [tops[c][1] for c in channels])
+        return written
 
     async def _connection(self) -> asyncpg.Connection:
         if _closed(self._conn):

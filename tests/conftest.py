@@ -27,6 +27,9 @@ from gateway.config import Settings, build_settings
 from gateway.node import Node
 from gateway.server import serve
 from storage.embedded import EmbeddedPostgres
+from tests.redis_servers import redis_servers, redis_urls
+
+__all__ = ["redis_servers", "redis_urls"]
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 API_KEY = "test-api-key"

@@ -995,6 +995,19 @@ class RedisBroker:
             self.stats["publish_errors"] += 1
             raise
 
+    def publish_committed(self, channel: str, pub: Publication, epoch: str) -> asyncio.Future[Any]:
+        """Fan out a publication that PostgreSQL already sequenced and committed (durable
+        namespaces). Queued at once, so calls made in offset order are sent in that order;
+        a lost one is filled from PostgreSQL by the receivers' reorder buffers."""
+        payload = b"p%d:%s:" % (pub.offset, epoch.encode()) + encode_body(pub)
+        fut = self._shard(channel).commands.send(b"PUBLISH", self._pubsub_name(channel), payload)
+        fut.add_done_callback(self._committed_sent)
+        return fut
+
+    def _committed_sent(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            self.stats["publish_errors"] += 1
+
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         """Tell every node's subscribers of ``channel`` that ``info`` joined."""
         await self._call(self._shard(channel), "join", "PUBLISH", self._pubsub_name(channel),

@@ -1,5 +1,2 @@
-"""Broker tests run against real Valkey servers (see tests/redis_servers.py)."""
-
-from tests.redis_servers import redis_servers, redis_urls
-
-__all__ = ["redis_servers", "redis_urls"]
+"""Broker tests run against real Valkey servers (fixtures in tests/redis_servers.py, made
+available to every test by tests/conftest.py)."""
