@@ -25,6 +25,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -267,17 +268,22 @@ class EmbeddedPostgres:
                        "--", *command]
         # A clean environment: stray PG* variables must not redirect the tools.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
-        proc = await asyncio.create_subprocess_exec(
-            *command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, cwd=str(self.data_dir))
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT_S)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
-        text = out.decode(errors="replace")
+        # Output goes to a file, not a pipe: `pg_ctl start` leaves the postmaster running,
+        # and under uvloop the postmaster keeps an inherited pipe open, so waiting for the
+        # pipe's EOF would wait for the server to stop.
+        with tempfile.TemporaryFile() as out:
+            proc = await asyncio.create_subprocess_exec(
+                *command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, cwd=str(self.data_dir))
+            try:
+                await asyncio.wait_for(proc.wait(), COMMAND_TIMEOUT_S)
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
+            out.seek(0)
+            text = out.read().decode(errors="replace")
         code = proc.returncode if proc.returncode is not None else -1
         if check and code != 0:
             raise EmbeddedPostgresError(

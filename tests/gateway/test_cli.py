@@ -40,6 +40,9 @@ REPO = Path(__file__).resolve().parents[2]
 SENTCHAT = Path(sys.executable).with_name("sentchat")
 # Guards against hangs only.
 WAIT = 20.0
+# The default config has durable namespaces: a first start of the embedded PostgreSQL
+# (initdb, creating its system user) can take this long on a loaded 2-core machine.
+EMBEDDED_PG_WAIT = 120.0
 SECRET = "cli-test-secret-0123456789-0123456789-abcdef"
 
 
@@ -56,10 +59,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """The test runner's environment without any SENTCHAT_* setting, plus ``extra``."""
+# The session's PostgreSQL (tests/conftest.py), so that servers started here do not each
+# initialise an embedded one; set by the autouse fixture below.
+_session_dsn = ""
+
+
+@pytest.fixture(autouse=True)
+def _use_session_postgres(pg_dsn: str) -> None:
+    global _session_dsn
+    _session_dsn = pg_dsn
+
+
+def cli_env(data_dir: Path, *, embedded_pg: bool = False, **extra: str) -> dict[str, str]:
+    """The test runner's environment without any SENTCHAT_* setting, plus ``extra``; durable
+    namespaces use the session's PostgreSQL unless ``embedded_pg``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTCHAT_")}
     env["SENTCHAT_DATA_DIR"] = str(data_dir)
+    if not embedded_pg and _session_dsn:
+        env["SENTCHAT_POSTGRES_DSN"] = _session_dsn
     env.update(extra)
     return env
 
@@ -125,7 +142,8 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(*args: str, port: int, env: dict[str, str], tmp: Path) -> AsyncIterator[Served]:
+async def serving(*args: str, port: int, env: dict[str, str], tmp: Path,
+                  wait: float = WAIT) -> AsyncIterator[Served]:
     """`sentchat serve ARGS`, yielded once GET /health answers 200 on ``port``."""
     stderr_path = tmp / f"serve-{port}.log"
     with stderr_path.open("wb") as log:
@@ -134,7 +152,7 @@ async def serving(*args: str, port: int, env: dict[str, str], tmp: Path) -> Asyn
             stdout=log, stderr=log)
     served = Served(proc, port, stderr_path)
     try:
-        deadline = time.monotonic() + WAIT
+        deadline = time.monotonic() + wait
         while True:
             if proc.returncode is not None:
                 pytest.fail(f"sentchat serve exited with {proc.returncode}:\n{served.stderr}")
@@ -301,9 +319,13 @@ async def test_serve_workers_share_the_port_over_embedded_valkey(tmp_path: Path)
 
 
 async def test_serve_port_flag_generated_secret_shared_with_token(tmp_path: Path) -> None:
+    """The README's first command: embedded defaults, nothing configured — the gateway
+    generates its secrets and starts its own PostgreSQL for the durable namespaces."""
     port = free_port()
-    env = cli_env(tmp_path / "data")
-    async with serving("--port", str(port), env=env, port=port, tmp=tmp_path) as served:
+    env = cli_env(tmp_path / "data", embedded_pg=True)
+    async with serving("--port", str(port), env=env, port=port, tmp=tmp_path,
+                       wait=EMBEDDED_PG_WAIT) as served:
+        assert "embedded PostgreSQL started" in served.stderr
         secrets_file = tmp_path / "data" / "secrets.json"
         assert secrets_file.exists()
         assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600

@@ -10,17 +10,13 @@ reach when we run as root), or the server of
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from storage.migrate import migrate
 from storage.partitions import PartitionManager
-
-T = TypeVar("T")
 
 POOL_MAX = 5
 """Connections per test pool: several tests' pools and the server's default
@@ -51,28 +47,3 @@ async def pool(empty_pool: asyncpg.Pool) -> asyncpg.Pool:
     await migrate(empty_pool)
     await PartitionManager(empty_pool, "daily", ahead=1).ensure()
     return empty_pool
-
-
-class SyncReader:
-    """A connection usable from synchronous code (an ``on_committed`` hook): it runs on its
-    own event loop in a thread, so blocking on it does not need the caller's loop."""
-
-    def __init__(self, dsn: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._conn: asyncpg.Connection = self._call(asyncpg.connect(dsn))
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
-
-    def fetchval(self, query: str, *args: object) -> Any:
-        """Run ``query`` on the reader's connection and wait for its value."""
-        return self._call(self._conn.fetchval(query, *args))
-
-    def close(self) -> None:
-        """Close the connection and stop the thread."""
-        self._call(self._conn.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
