@@ -514,9 +514,12 @@ def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
 
 
 async def publish_all(host: str, port: int, api_key: str, count: int, rate: float,
-                      payload_bytes: int, call_timeout: float, channels: int = 1) -> dict[str, Any]:
-    """POST /api/publish ``count`` times on one keep-alive connection, paced at ``rate``/s;
-    publication ``seq`` goes to channel ``seq mod channels``."""
+                      payload_bytes: int, call_timeout: float, channels: int = 1,
+                      publishers: int = 1) -> dict[str, Any]:
+    """POST /api/publish ``count`` times, paced at ``rate``/s in total: publication ``seq`` is
+    due at t0 + seq/rate and goes to channel ``seq mod channels``. ``publishers`` keep-alive
+    connections, each sending one request at a time; channel ``c`` is always published by
+    connection ``c mod publishers``, so every channel's publications are sent in order."""
     head = (f"POST /api/publish HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {api_key}\r\n"
             "Content-Type: application/json\r\nContent-Length: ").encode()
     prefixes = [b'{"channel":"' + channel_name(i).encode() + b'","data":' for i in range(channels)]
@@ -524,49 +527,58 @@ async def publish_all(host: str, port: int, api_key: str, count: int, rate: floa
     errors: dict[str, int] = {}
     failed: list[int] = []
     lag = Histogram()
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
     period_ns = int(1e9 / rate) if rate > 0 else 0
     t0 = time.time_ns() + 50_000_000
-    for seq in range(count):
-        sched = t0 + seq * period_ns
-        delay = sched - time.time_ns()
-        if delay > 0:
-            await asyncio.sleep(delay / 1e9)
-        try:
-            if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), call_timeout)
-            assert reader is not None  # noqa: S101
-            sent = time.time_ns()
-            data = b'{"s":%d,"t":%d,"k":%d,"p":"' % (seq, sent, sched)
-            pad = max(0, payload_bytes - len(data) - 2)
-            body = prefixes[seq % channels] + data + b"x" * pad + b'"}}'
-            writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-            lag.record(max(0, (sent - sched) // 1000))
-            resp_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), call_timeout)
-            length = 0
-            for line in resp_head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            resp = await asyncio.wait_for(reader.readexactly(length), call_timeout)
-            calls.record((time.time_ns() - sent) // 1000)
-            status = resp_head[9:12]
-            if status != b"200" or not resp.startswith(b'{"result"'):
-                key = f"HTTP {status.decode()} {resp[:120].decode(errors='replace')}"
-                errors[key] = errors.get(key, 0) + 1
-                failed.append(seq)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-            key = f"{type(exc).__name__}: {exc}"[:200]
-            errors[key] = errors.get(key, 0) + 1
-            failed.append(seq)
-            if writer is not None:
-                writer.close()
-            reader = writer = None
-    if writer is not None:
-        writer.close()
+
+    def error(seq: int, key: str) -> None:
+        errors[key] = errors.get(key, 0) + 1
+        failed.append(seq)
+
+    async def publisher(seqs: range | list[int]) -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        for seq in seqs:
+            sched = t0 + seq * period_ns
+            delay = sched - time.time_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                            call_timeout)
+                assert reader is not None  # noqa: S101
+                sent = time.time_ns()
+                data = b'{"s":%d,"t":%d,"k":%d,"p":"' % (seq, sent, sched)
+                pad = max(0, payload_bytes - len(data) - 2)
+                body = prefixes[seq % channels] + data + b"x" * pad + b'"}}'
+                writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+                lag.record(max(0, (sent - sched) // 1000))
+                resp_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), call_timeout)
+                length = 0
+                for line in resp_head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                resp = await asyncio.wait_for(reader.readexactly(length), call_timeout)
+                calls.record((time.time_ns() - sent) // 1000)
+                status = resp_head[9:12]
+                if status != b"200" or not resp.startswith(b'{"result"'):
+                    error(seq, f"HTTP {status.decode()} {resp[:120].decode(errors='replace')}")
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                error(seq, f"{type(exc).__name__}: {exc}"[:200])
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    if publishers <= 1:
+        await publisher(range(count))
+    else:
+        await asyncio.gather(*(publisher([s for s in range(count) if (s % channels) % publishers == j])
+                               for j in range(publishers)))
     wall = (time.time_ns() - t0) / 1e9
     return {"t0_ns": t0, "wall_s": wall, "calls": calls, "lag": lag, "errors": errors,
-            "failed": failed, "ok": count - len(failed)}
+            "failed": sorted(failed), "ok": count - len(failed)}
 
 
 # ---- orchestration ----------------------------------------------------------------------
@@ -661,7 +673,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": [Path(sys.executable).name, "-m", "bench.fanout", *sys.argv[1:]],
         "machine": machine_info(),
         "params": {"connections": n, "channels": nch, "publications": args.publications,
-                   "rate": args.rate, "payload_bytes": args.payload_bytes, "client_procs": procs,
+                   "rate": args.rate, "publishers": args.publishers,
+                   "payload_bytes": args.payload_bytes, "client_procs": procs,
                    "workers": args.workers, "redis": args.redis, "broker": server.broker,
                    "durable": args.durable,
                    "broker_words": _broker_words(server, args.redis), "port": port,
@@ -713,7 +726,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{held} connections held (per worker: {per_worker}); publishing "
               f"{args.publications} publications at {args.rate:g}/s...", flush=True)
         pub = uvloop.run(publish_all("127.0.0.1", port, server.api_key, args.publications,
-                                     args.rate, args.payload_bytes, args.timeout, nch))
+                                     args.rate, args.payload_bytes, args.timeout, nch,
+                                     args.publishers))
         for p in pipes:
             p.send(("finish", pub["failed"], args.timeout))
         outcome = _collect(pipes, "result", args.timeout + 30)
@@ -864,7 +878,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"fanout: {prm['connections']} subscribers over {prm['channels']} channel(s) "
         f"({prm['channel']}, {per_channel} each), {prm['publications']} publications "
-        f"round-robin at {prm['rate']:g}/s, {prm['payload_bytes']} B payload, "
+        f"round-robin at {prm['rate']:g}/s by {prm['publishers']} HTTP connection(s), "
+        f"{prm['payload_bytes']} B payload, "
         f"{prm['client_procs']} client process(es)",
         f"gateway: {prm['workers']} worker(s); broker: {prm['broker_words']}; history: "
         + ("durable (PostgreSQL commit before fan-out)" if prm["durable"] else
@@ -939,7 +954,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 def add_load_options(ap: argparse.ArgumentParser, *, connections: int, channels: int,
-                     publications: int, rate: float, client_procs: int) -> None:
+                     publications: int, rate: float, client_procs: int, publishers: int = 1) -> None:
     """The options bench.fanout and bench.workers share."""
     ap.add_argument("--durable", action="store_true",
                     help="make the chat namespace durable: every publication is committed to "
@@ -954,6 +969,9 @@ def add_load_options(ap: argparse.ArgumentParser, *, connections: int, channels:
                     help=f"publications (default {publications})")
     ap.add_argument("--rate", type=float, default=rate,
                     help=f"publications per second, paced (default {rate:g})")
+    ap.add_argument("--publishers", type=int, default=publishers,
+                    help="HTTP connections publishing, each one request at a time; channel c is "
+                         f"published by connection c mod K, so per-channel order holds (default {publishers})")
     ap.add_argument("--payload-bytes", type=int, default=100,
                     help="size of each publication's JSON data (default 100; minimum ~55)")
     ap.add_argument("--client-procs", type=int, default=client_procs,
@@ -984,6 +1002,8 @@ def check_load(args: argparse.Namespace) -> None:
         raise SystemExit("--connections, --publications and --rate must be positive")
     if not 1 <= args.channels <= args.connections:
         raise SystemExit("--channels must be between 1 and --connections")
+    if not 1 <= args.publishers <= args.channels:
+        raise SystemExit("--publishers must be between 1 and --channels")
 
 
 def main(argv: list[str] | None = None) -> int:
