@@ -109,8 +109,7 @@ class Connection:
                     self.write_frame(build_frame(session.encode(reply), self.codec.binary))
                 if self.buffering is not None:
                     self.flush_buffered()
-                node.metrics.commands.labels(method).inc()
-                node.metrics.command_seconds.labels(method).observe(time.perf_counter() - started)
+                node.metrics.command_done(method, time.perf_counter() - started)
                 if session.failed:
                     # Centrifugo stops reading after a failed connect; the SDK closes.
                     self.pending.clear()

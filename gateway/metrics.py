@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -29,6 +31,25 @@ class Metrics:
                                 registry=r)
         self.store_batches = Gauge("sentchat_store_batches", "Group-commit transactions", registry=r)
         self.api_requests = Counter("sentchat_api_requests", "Server API calls by method", ["method"], registry=r)
+
+        # Labelled children cached: `labels(...)` costs ~1.5 µs per call on the hot path.
+        self._command: dict[str, tuple[Any, Any]] = {}
+        self._publication: dict[str, Any] = {}
+
+    def command_done(self, method: str, seconds: float) -> None:
+        """Count one client command and its latency."""
+        children = self._command.get(method)
+        if children is None:
+            children = self._command[method] = (self.commands.labels(method),
+                                                self.command_seconds.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def publication(self, source: str) -> None:
+        child = self._publication.get(source)
+        if child is None:
+            child = self._publication[source] = self.publications.labels(source)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

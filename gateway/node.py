@@ -368,7 +368,7 @@ class Node:
             position = await self.broker.publish(channel, pub, size, ttl)
             if idempotency_key:
                 self._remember(channel, idempotency_key, position)
-        self.metrics.publications.labels(source).inc()
+        self.metrics.publication(source)
         return position
 
     def _remember(self, channel: str, key: str, position: StreamPosition) -> None:
