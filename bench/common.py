@@ -10,11 +10,14 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
 from typing import Any
 
@@ -593,3 +596,94 @@ def sum_rss(pids: list[int]) -> int:
         with contextlib.suppress(OSError, RuntimeError):
             total += rss_kb(pid)
     return total
+
+
+# ---- WebSocket client framing and client-process plumbing shared by the benchmarks -------
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked client frame (RFC 6455 §5.2)."""
+    key = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    if not n:
+        return head + key
+    mask = (key * (n // 4 + 1))[:n]
+    return head + key + (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+
+
+def parse_server_frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], str | None]:
+    """Take the complete server frames off the front of ``buf``: (opcode, payload) pairs in
+    order, and a protocol error that stopped parsing (masked or fragmented frame), if any."""
+    frames: list[tuple[int, bytes]] = []
+    error: str | None = None
+    pos = 0
+    n = len(buf)
+    while n - pos >= 2:
+        b0 = buf[pos]
+        ln = buf[pos + 1]
+        if ln & 0x80:
+            error = "masked server frame"
+            break
+        hl = 2
+        if ln == 126:
+            if n - pos < 4:
+                break
+            ln = (buf[pos + 2] << 8) | buf[pos + 3]
+            hl = 4
+        elif ln == 127:
+            if n - pos < 10:
+                break
+            ln = int.from_bytes(buf[pos + 2: pos + 10], "big")
+            hl = 10
+        end = pos + hl + ln
+        if end > n:
+            break
+        if not b0 & 0x80:
+            error = "fragmented frame"
+            break
+        frames.append((b0 & 0x0F, bytes(buf[pos + hl: end])))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return frames, error
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` integers differing by at most one."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
+    """Key-wise sums."""
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def collect_from_pipes(pipes: list[Pipe], kind: str, timeout: float) -> list[Any]:
+    """One ``kind`` message from every client process within ``timeout`` seconds."""
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(pipes):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"client processes did not report {kind!r} within {timeout:.0f} s")
+        for p in wait_pipes([p for i, p in enumerate(pipes) if i not in got], left):
+            i = pipes.index(p)  # type: ignore[arg-type]
+            try:
+                msg = p.recv()  # type: ignore[union-attr]
+            except EOFError:
+                raise RuntimeError(f"client process {i} died before {kind!r}") from None
+            if msg[0] != kind:
+                raise RuntimeError(f"client process {i}: expected {kind!r}, got {msg[0]!r}")
+            got[i] = msg[1]
+    return [got[i] for i in range(len(pipes))]

@@ -30,14 +30,12 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
 import urllib.request
 from collections import deque
 from multiprocessing.connection import Connection as Pipe
-from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,8 +50,21 @@ from bench.common import (
     GatewayProcess,
     Histogram,
     bucket_index,
+    children_of,
+    client_frame,
+    cpu_seconds,
     free_port,
     machine_info,
+    parse_server_frames,
+)
+from bench.common import (
+    collect_from_pipes as _collect,
+)
+from bench.common import (
+    merge_counts as _merge_counts,
+)
+from bench.common import (
+    split_evenly as _split,
 )
 
 WS_PATH = "/connection/websocket"
@@ -91,78 +102,19 @@ allow_subscribe_for_client = true
 """
 
 
-# ---- small helpers (kept here so that edits to bench/fanout.py cannot break this file) ----
+# ---- small helpers --------------------------------------------------------------------
 
 
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One final, masked client frame (RFC 6455 §5.2)."""
-    key = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    if not n:
-        return head + key
-    mask = (key * (n // 4 + 1))[:n]
-    return head + key + (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
 
 
-def _split(total: int, parts: int) -> list[int]:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
-def _collect(pipes: list[Pipe], kind: str, timeout: float) -> list[Any]:
-    """One ``kind`` message from every client process within ``timeout`` seconds."""
-    got: dict[int, Any] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < len(pipes):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"client processes did not report {kind!r} within {timeout:.0f} s")
-        for p in wait_pipes([p for i, p in enumerate(pipes) if i not in got], left):
-            i = pipes.index(p)  # type: ignore[arg-type]
-            try:
-                msg = p.recv()  # type: ignore[union-attr]
-            except EOFError:
-                raise RuntimeError(f"client process {i} died before {kind!r}") from None
-            if msg[0] != kind:
-                raise RuntimeError(f"client process {i}: expected {kind!r}, got {msg[0]!r}")
-            got[i] = msg[1]
-    return [got[i] for i in range(len(pipes))]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()  # the name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (scan of /proc/<n>/stat for the parent pid)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid:  # field 4 of proc(5): ppid
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 def machine_jiffies() -> dict[str, int]:
@@ -299,34 +251,8 @@ class Publisher(asyncio.Protocol):
                 return
             self.upgraded = True
             self.transport.write(self.hello[1])  # type: ignore[union-attr]
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            b0 = buf[pos]
-            ln = buf[pos + 1]
-            if ln & 0x80:
-                self._protocol_error("masked server frame")
-                return
-            hl = 2
-            if ln == 126:
-                if n - pos < 4:
-                    break
-                ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                hl = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(buf[pos + 2: pos + 10], "big")
-                hl = 10
-            end = pos + hl + ln
-            if end > n:
-                break
-            payload = bytes(buf[pos + hl: end])
-            pos = end
-            if not b0 & 0x80:
-                self._protocol_error("fragmented frame")
-                return
-            op = b0 & 0x0F
+        frames, error = parse_server_frames(buf)
+        for op, payload in frames:
             if op == 0x1:
                 if not self._on_text(payload, now):
                     return
@@ -338,8 +264,9 @@ class Publisher(asyncio.Protocol):
             elif op != 0xA:
                 self._protocol_error(f"opcode {op}")
                 return
-        if pos:
-            del buf[:pos]
+        if error is not None:
+            self._protocol_error(error)
+            return
         self.refill()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -21,12 +21,10 @@ import json
 import multiprocessing as mp
 import os
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
-from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +39,25 @@ from bench.common import (
     Histogram,
     ValkeyProcess,
     bucket_index,
+    client_frame,
     free_port,
     machine_info,
     machine_jiffies,
+    parse_server_frames,
     process_table,
     rss_kb,
     sum_cpu,
     sum_rss,
     tree_cpu_seconds,
+)
+from bench.common import (
+    collect_from_pipes as _collect,
+)
+from bench.common import (
+    merge_counts as _merge_counts,
+)
+from bench.common import (
+    split_evenly as _split,
 )
 
 CHANNEL_PREFIX = "chat:bench-"
@@ -71,25 +80,8 @@ def channel_share(channel: int, publications: int, channels: int) -> int:
 # ---- client side (runs in each client process) -------------------------------------------
 
 
-def _mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if not n:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
 
 
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One final, masked client frame (RFC 6455 §5.2)."""
-    key = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + key + _mask(payload, key)
 
 
 @dataclass
@@ -182,34 +174,8 @@ class BenchClient(asyncio.Protocol):
                 return
             self.upgraded = True
             self.transport.write(self.hello[1])  # type: ignore[union-attr]
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            b0 = buf[pos]
-            ln = buf[pos + 1]
-            if ln & 0x80:
-                self._protocol_error("masked server frame")
-                return
-            hl = 2
-            if ln == 126:
-                if n - pos < 4:
-                    break
-                ln = (buf[pos + 2] << 8) | buf[pos + 3]
-                hl = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    break
-                ln = int.from_bytes(buf[pos + 2: pos + 10], "big")
-                hl = 10
-            end = pos + hl + ln
-            if end > n:
-                break
-            payload = bytes(buf[pos + hl: end])
-            pos = end
-            if not b0 & 0x80:
-                self._protocol_error("fragmented frame")
-                return
-            op = b0 & 0x0F
+        frames, error = parse_server_frames(buf)
+        for op, payload in frames:
             if op == 0x1:
                 self._on_text(payload, now)
             elif op == 0x8:
@@ -220,8 +186,9 @@ class BenchClient(asyncio.Protocol):
             elif op != 0xA:
                 self._protocol_error(f"opcode {op}")
                 return
-        if pos:
-            del buf[:pos]
+        if error is not None:
+            self._protocol_error(error)
+            return
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closing:
@@ -584,37 +551,10 @@ async def publish_all(host: str, port: int, api_key: str, count: int, rate: floa
 # ---- orchestration ----------------------------------------------------------------------
 
 
-def _split(total: int, parts: int) -> list[int]:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _collect(pipes: list[Pipe], kind: str, timeout: float) -> list[Any]:
-    """One ``kind`` message from every pipe within ``timeout`` seconds."""
-    got: dict[int, Any] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < len(pipes):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"client processes did not report {kind!r} within {timeout:.0f} s")
-        for p in wait_pipes([p for i, p in enumerate(pipes) if i not in got], left):
-            i = pipes.index(p)  # type: ignore[arg-type]
-            try:
-                msg = p.recv()  # type: ignore[union-attr]
-            except EOFError:
-                raise RuntimeError(f"client process {i} died before {kind!r}") from None
-            if msg[0] != kind:
-                raise RuntimeError(f"client process {i}: expected {kind!r}, got {msg[0]!r}")
-            got[i] = msg[1]
-    return [got[i] for i in range(len(pipes))]
 
 
-def _merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def _snapshot(server: GatewayProcess, valkey: ValkeyProcess | None) -> dict[str, Any]:
