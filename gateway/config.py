@@ -261,13 +261,16 @@ def build_settings(data: dict[str, Any]) -> Settings:
         raise ConfigError(_explain(exc)) from None
     # A PEM that does not load would fail every connect at run time (internal error ->
     # endless reconnects): refuse it at start instead.
-    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-
     for section, tok in (("client.token", settings.client.token),
                          ("client.subscription_token", settings.client.subscription_token)):
-        for field, algorithm in (("rsa_public_key", RSAAlgorithm(RSAAlgorithm.SHA256)),
-                                 ("ecdsa_public_key", ECAlgorithm(ECAlgorithm.SHA256))):
+        for field in ("rsa_public_key", "ecdsa_public_key"):
             if tok is not None and getattr(tok, field):
+                # Imported only here: PyJWT loads `cryptography` (~9 MiB RSS per worker),
+                # which an HMAC-only configuration never needs.
+                from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+                algorithm = (RSAAlgorithm(RSAAlgorithm.SHA256) if field == "rsa_public_key"
+                             else ECAlgorithm(ECAlgorithm.SHA256))
                 try:
                     algorithm.prepare_key(getattr(tok, field))
                 except Exception as exc:
