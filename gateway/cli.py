@@ -1,4 +1,4 @@
-"""The `sentchat` command: serve, token."""
+"""The `sentchat` command: serve, migrate, token, audit verify."""
 
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         overrides[("http", "port")] = args.port
     if getattr(args, "workers", None):
         overrides[("node", "workers")] = args.workers
+    if getattr(args, "dsn", None):
+        overrides[("storage", "postgres_dsn")] = args.dsn
     config = args.config or os.environ.get("SENTCHAT_CONFIG")
     centrifugo = getattr(args, "centrifugo_config", None)
     if config is None and centrifugo is None:
@@ -149,6 +151,45 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit_verify(settings: Settings) -> Any:
+    import asyncpg
+
+    from storage.audit import verify
+
+    async with postgres_for(settings):
+        if not settings.storage.postgres_dsn:
+            raise ConfigError("config key storage.postgres_dsn: no database to verify (no DSN "
+                              "and no durable namespace)")
+        conn = await asyncpg.connect(settings.storage.postgres_dsn)
+        try:
+            return await verify(conn)
+        finally:
+            await conn.close()
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """`sentchat audit verify`: 0 when the chain is intact, 1 when broken, 2 when it
+    cannot be checked (configuration, no audit table)."""
+    import asyncpg
+
+    try:
+        settings, _ = resolve_settings(args)
+        result = asyncio.run(_audit_verify(settings))
+    except ConfigError as exc:
+        print(f"sentchat: {exc}", file=sys.stderr)
+        return 2
+    except asyncpg.UndefinedTableError:
+        print("sentchat: no audit log in this database (run `sentchat migrate` first)",
+              file=sys.stderr)
+        return 2
+    if result.ok:
+        print(f"audit chain OK: {result.checked} records (head hash {result.head_hash})")
+        return 0
+    print(f"audit chain BROKEN at record {result.first_bad_id}: {result.reason} "
+          f"({result.checked} records verified before it)")
+    return 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings, warnings = resolve_settings(args)
@@ -226,7 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="apply the PostgreSQL schema migrations")
     common(mig)
+    mig.add_argument("--dsn", help="PostgreSQL DSN (default: SENTCHAT_POSTGRES_DSN, "
+                     "storage.postgres_dsn, else the embedded server in the data dir)")
     mig.set_defaults(func=cmd_migrate)
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the audit hash chain; exit 1 naming the first broken record")
+    common(verify)
+    verify.add_argument("--dsn", help="PostgreSQL DSN (default: as for `sentchat migrate`)")
+    verify.set_defaults(func=cmd_audit_verify)
 
     token = sub.add_parser("token", help="print a connection (or subscription) JWT")
     common(token)

@@ -22,6 +22,7 @@ from centrifugo_bridge.codes import ClientError
 from centrifugo_bridge.effects import StreamState
 from centrifugo_bridge.protocol import ClientInfo, Publication, Raw, StreamPosition
 from gateway.config import StorageSettings
+from storage.audit import audit_partitions
 from storage.migrate import migrate
 from storage.partitions import PartitionManager
 from storage.publications import PublicationStore
@@ -56,6 +57,8 @@ class DurableStreams:
         self.pool: asyncpg.Pool | None = None
         self.store: PublicationStore | None = None
         self.partitions: PartitionManager | None = None
+        # audit_log (storage/audit.py): monthly, kept forever — ensured, never dropped.
+        self.audit_partitions: PartitionManager | None = None
         self._maintenance: asyncio.Task[None] | None = None
 
     async def start(self, dsn: str) -> None:
@@ -65,6 +68,8 @@ class DurableStreams:
         await migrate(self.pool)
         self.partitions = PartitionManager(self.pool, s.partition_interval, ahead=s.partitions_ahead)
         await self.partitions.ensure()
+        self.audit_partitions = audit_partitions(self.pool)
+        await self.audit_partitions.ensure()
         self.store = PublicationStore(
             self.pool, max_batch=s.max_batch, flush_interval=s.flush_interval,
             queue_limit=s.queue_limit, on_committed=self._committed, partitions=self.partitions,
@@ -88,6 +93,8 @@ class DurableStreams:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             try:
                 await self.partitions.ensure()
+                if self.audit_partitions is not None:
+                    await self.audit_partitions.ensure()
                 if self._max_retention > 0:
                     await self.partitions.drop_older_than(self._max_retention)
             except Exception:

@@ -1,9 +1,10 @@
-"""Time partitions of ``publications``: created ahead, dropped whole past retention.
+"""Time partitions: created ahead, dropped whole past retention.
 
-Ranges are UTC days (``publications_pYYYYMMDD``) or UTC months (``publications_pYYYYMM``).
-If partitions of another interval already exist (the setting changed), only the gaps are
-filled, so ranges never overlap; such a gap partition is named after its exact range
-(``publications_pYYYYMMDDHHMMSS_YYYYMMDDHHMMSS``).
+Used for ``publications`` (the default table) and ``audit_log`` (monthly, kept forever:
+storage/audit.py never drops). Ranges are UTC days (``<table>_pYYYYMMDD``) or UTC months
+(``<table>_pYYYYMM``). If partitions of another interval already exist (the setting
+changed), only the gaps are filled, so ranges never overlap; such a gap partition is named
+after its exact range (``<table>_pYYYYMMDDHHMMSS_YYYYMMDDHHMMSS``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -28,12 +29,14 @@ PARTITION_LOCK_KEY = 0x53454E545F505254
 """Advisory lock key ("SENT_PRT"): partition DDL of all processes is serialised on it."""
 
 _BOUND = re.compile(r"FOR VALUES FROM \((?P<lo>[^)]*)\) TO \((?P<hi>[^)]*)\)")
-_NAME = re.compile(r"^publications_p(?P<a>\d{6}|\d{8}|\d{14})(?:_(?P<b>\d{14}))?$")
+_NAME_SUFFIX = re.compile(r"^_p(?P<a>\d{6}|\d{8}|\d{14})(?:_(?P<b>\d{14}))?$")
+# Table names come from code (never input); they are interpolated into DDL, so keep them plain.
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 _LIST_PARTITIONS = """
 SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'publications'::regclass
+WHERE i.inhparent = $1::regclass
 """
 
 
@@ -63,18 +66,20 @@ def shift(start: datetime, interval: Interval, count: int) -> datetime:
     return start.replace(year=months // 12, month=months % 12 + 1)
 
 
-def partition_name(start: datetime, end: datetime) -> str:
+def partition_name(start: datetime, end: datetime, table: str = TABLE) -> str:
     """The name derived from a range: pYYYYMMDD for a UTC day, pYYYYMM for a UTC month."""
     if start == period_start(start, "daily") and end == shift(start, "daily", 1):
-        return f"{TABLE}_p{start:%Y%m%d}"
+        return f"{table}_p{start:%Y%m%d}"
     if start == period_start(start, "monthly") and end == shift(start, "monthly", 1):
-        return f"{TABLE}_p{start:%Y%m}"
-    return f"{TABLE}_p{start:%Y%m%d%H%M%S}_{end:%Y%m%d%H%M%S}"
+        return f"{table}_p{start:%Y%m}"
+    return f"{table}_p{start:%Y%m%d%H%M%S}_{end:%Y%m%d%H%M%S}"
 
 
-def range_from_name(name: str) -> tuple[datetime, datetime] | None:
+def range_from_name(name: str, table: str = TABLE) -> tuple[datetime, datetime] | None:
     """Inverse of ``partition_name``; None for a name we did not generate."""
-    match = _NAME.match(name)
+    if not name.startswith(table):
+        return None
+    match = _NAME_SUFFIX.match(name[len(table):])
     if match is None:
         return None
     a, b = match["a"], match["b"]
@@ -124,20 +129,49 @@ def _literal(moment: datetime) -> str:
     return "'" + moment.astimezone(UTC).isoformat() + "'"
 
 
+async def create_partitions(conn: asyncpg.Connection, ranges: list[tuple[datetime, datetime]], *,
+                            table: str = TABLE, after_create: Sequence[str] = ()) -> list[str]:
+    """Create the partitions of ``table`` covering ``ranges`` where none exists yet; returns
+    the names created. Must run inside a transaction: it takes the partition advisory lock
+    until commit. ``after_create`` statements run after each new partition, with
+    ``{partition}`` replaced by its quoted name (e.g. a TRUNCATE trigger, which PostgreSQL
+    does not clone from the parent)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+    existing = await _list(conn, table)
+    taken: list[tuple[datetime | None, datetime | None]] = [(p.start, p.end) for p in existing]
+    created: list[str] = []
+    for start, end in ranges:
+        for lo, hi in _gaps(start, end, taken):
+            name = partition_name(lo, hi, table)
+            await conn.execute(
+                f'CREATE TABLE "{name}" PARTITION OF {table} '
+                f"FOR VALUES FROM ({_literal(lo)}) TO ({_literal(hi)})")
+            for statement in after_create:
+                await conn.execute(statement.replace("{partition}", f'"{name}"'))
+            taken.append((lo, hi))
+            created.append(name)
+    return created
+
+
 class PartitionManager:
-    """Keeps ``publications`` partitions from one interval before now to ``ahead`` after.
+    """Keeps ``table`` partitions from one interval before now to ``ahead`` after.
 
     Every method is idempotent and safe to run from several processes at once."""
 
     def __init__(self, pool: asyncpg.Pool, interval: Interval = "daily", ahead: int = 3, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, table: str = TABLE,
+                 after_create: Sequence[str] = ()) -> None:
         if interval not in ("daily", "monthly"):
             raise ValueError(f"interval must be 'daily' or 'monthly', not {interval!r}")
         if ahead < 0:
             raise ValueError("ahead must be >= 0")
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"table name {table!r} must be a plain lower-case identifier")
         self.pool = pool
         self.interval: Interval = interval
         self.ahead = ahead
+        self.table = table
+        self._after_create = tuple(after_create)
         self._clock = clock
 
     def _now(self) -> datetime:
@@ -159,23 +193,12 @@ class PartitionManager:
     async def partitions(self) -> list[Partition]:
         """The attached partitions, oldest first (unbounded ones first/last)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            return await _list(conn)
+            return await _list(conn, self.table)
 
     async def _create(self, ranges: list[tuple[datetime, datetime]]) -> list[str]:
-        created: list[str] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-            existing = await _list(conn)
-            taken: list[tuple[datetime | None, datetime | None]] = [
-                (p.start, p.end) for p in existing]
-            for start, end in ranges:
-                for lo, hi in _gaps(start, end, taken):
-                    name = partition_name(lo, hi)
-                    await conn.execute(
-                        f'CREATE TABLE "{name}" PARTITION OF {TABLE} '
-                        f"FOR VALUES FROM ({_literal(lo)}) TO ({_literal(hi)})")
-                    taken.append((lo, hi))
-                    created.append(name)
+            created = await create_partitions(conn, ranges, table=self.table,
+                                              after_create=self._after_create)
         if created:
             log.info("created partitions %s", ", ".join(created))
         return created
@@ -191,13 +214,14 @@ class PartitionManager:
         dropped: list[str] = []
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                partitions = await _list(conn)
+                partitions = await _list(conn, self.table)
             for part in partitions:
                 if part.end is None or part.end > cutoff:
                     continue
                 mode = "FINALIZE" if part.detach_pending else "CONCURRENTLY"
                 try:
-                    await conn.execute(f'ALTER TABLE {TABLE} DETACH PARTITION "{part.name}" {mode}')
+                    await conn.execute(
+                        f'ALTER TABLE {self.table} DETACH PARTITION "{part.name}" {mode}')
                 except (asyncpg.UndefinedTableError, asyncpg.ObjectNotInPrerequisiteStateError,
                         asyncpg.InvalidTableDefinitionError, asyncpg.WrongObjectTypeError) as exc:
                     # Another process is detaching or dropped it; its run finishes the job.
@@ -215,21 +239,22 @@ class PartitionManager:
         rows = await conn.fetch(
             "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' "
             "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1::regclass) "
-            "AND c.relname LIKE 'publications\\_p%' AND NOT c.relispartition", TABLE)
+            "AND c.relname LIKE $2 AND NOT c.relispartition",
+            self.table, self.table.replace("_", "\\_") + "\\_p%")
         dropped = []
         for row in rows:
-            bounds = range_from_name(row["relname"])
+            bounds = range_from_name(row["relname"], self.table)
             if bounds is not None and bounds[1] <= cutoff:
                 await conn.execute(f'DROP TABLE IF EXISTS "{row["relname"]}"')
                 dropped.append(row["relname"])
         return dropped
 
 
-async def _list(conn: asyncpg.Connection) -> list[Partition]:
-    """Partitions of ``publications`` (call inside a transaction: bounds print in UTC)."""
+async def _list(conn: asyncpg.Connection, table: str = TABLE) -> list[Partition]:
+    """Partitions of ``table`` (call inside a transaction: bounds print in UTC)."""
     await conn.execute("SET LOCAL TimeZone = 'UTC'")
     out = []
-    for name, bound, pending in await conn.fetch(_LIST_PARTITIONS):
+    for name, bound, pending in await conn.fetch(_LIST_PARTITIONS, table):
         match = _BOUND.search(bound or "")
         if match is None:  # a DEFAULT partition somebody added: it has no range
             continue
