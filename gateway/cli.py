@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -31,7 +32,8 @@ def _generated_secrets(directory: Path) -> dict[str, str]:
     if path.exists():
         return json.loads(path.read_text())
     directory.mkdir(parents=True, exist_ok=True)
-    values = {"hmac_secret_key": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24)}
+    values = {"hmac_secret_key": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24),
+              CHAT_KEY_FIELD: _new_chat_key()}
     tmp = directory / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -45,6 +47,58 @@ def _generated_secrets(directory: Path) -> dict[str, str]:
     finally:
         tmp.unlink()
     return values
+
+
+CHAT_KEY_FIELD = "chat_encryption_key"
+"""secrets.json field of the generated chat encryption key."""
+
+GENERATED_CHAT_KEY_ID = "generated"
+"""Key id of the generated chat encryption key: to configure keys later, copy it into
+[chat] encryption_keys under this id, so values encrypted with it still decrypt."""
+
+
+def _new_chat_key() -> str:
+    # Base64 of 32 random bytes: an AES-256 key as [chat] encryption_keys expects it.
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _generated_chat_key(directory: Path) -> str:
+    """The generated chat encryption key of ``directory``'s secrets.json, added to a
+    secrets.json written before chat existed (once: under an exclusive lock, re-read
+    after locking, replaced atomically so readers see the old or the new file whole)."""
+    import fcntl
+
+    values = _generated_secrets(directory)
+    if CHAT_KEY_FIELD in values:
+        return str(values[CHAT_KEY_FIELD])
+    path = directory / "secrets.json"
+    with open(path, "rb") as locked:
+        fcntl.flock(locked, fcntl.LOCK_EX)
+        # The path may already name a newer file written by whoever held the lock before.
+        values = json.loads(path.read_text())
+        if CHAT_KEY_FIELD not in values:
+            values[CHAT_KEY_FIELD] = _new_chat_key()
+            tmp = directory / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(values, fh)
+            os.replace(tmp, path)
+    return str(values[CHAT_KEY_FIELD])
+
+
+def ensure_chat_key(settings: Settings) -> str | None:
+    """Without configured [chat] encryption keys, use the key generated into the data
+    dir's secrets.json (0600) — every process on that data dir gets the same one. Returns
+    the warning to log then, else None. The key itself is never logged."""
+    chat = settings.chat
+    if chat.encryption_keys:
+        return None
+    directory = Path(settings.storage.data_dir)
+    chat.encryption_keys = {GENERATED_CHAT_KEY_ID: _generated_chat_key(directory)}
+    chat.encryption_key_id = GENERATED_CHAT_KEY_ID
+    return (f"no chat encryption key configured: using the generated key "
+            f"'{GENERATED_CHAT_KEY_ID}' in {directory / 'secrets.json'} (keep it: encrypted "
+            "chat fields cannot be read without it)")
 
 
 def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
@@ -73,6 +127,12 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
         if not settings.http_api.key and not settings.http_api.insecure:
             settings.http_api.key = generated["api_key"]
             warnings.append(f"no API key configured: using the generated key in {Path(settings.storage.data_dir) / 'secrets.json'}")
+    # Only where the chat product runs: a plain gateway needs no key and writes none.
+    # (ChatSettings.enabled comes with the chat service, issue 5.)
+    if getattr(settings.chat, "enabled", False):
+        warning = ensure_chat_key(settings)
+        if warning:
+            warnings.append(warning)
     return settings, warnings
 
 

@@ -127,6 +127,15 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("max_batch and queue_limit must be >= 1, pool_size >= 2")
 
 
+class ChatSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Encryption at rest of sensitive chat fields (storage/crypto.py, docs/audit.md):
+    # key id -> base64 of 32 random bytes (AES-256-GCM). Old ids stay listed until their
+    # values are re-encrypted. Empty: a key is generated into <data_dir>/secrets.json.
+    encryption_keys: dict[str, str] = {}
+    # The id new values are encrypted under; required when encryption_keys is set.
+    encryption_key_id: str = ""
+
+
 class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
     name: str = ""
 
@@ -150,6 +159,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
 
     @property
     def durable(self) -> bool:
@@ -290,7 +300,29 @@ def build_settings(data: dict[str, Any]) -> Settings:
         raise ConfigError("config key http.port: must be 1-65535")
     if settings.node.workers < 1:
         raise ConfigError("config key node.workers: must be >= 1")
+    _check_chat_keys(settings.chat)
     return settings
+
+
+def _check_chat_keys(chat: ChatSettings) -> None:
+    """Refuse unusable encryption keys at start, naming the key (a bad key found later
+    would fail every write of an encrypted field)."""
+    from storage.crypto import KEY_ID, CryptoError, decode_key
+
+    for key_id, text in chat.encryption_keys.items():
+        where = f"config key chat.encryption_keys.{key_id}"
+        if not KEY_ID.match(key_id):
+            raise ConfigError(f"{where}: key id must be 1-64 letters, digits, '_', '.', '-'")
+        try:
+            decode_key(text)
+        except CryptoError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if chat.encryption_keys and not chat.encryption_key_id:
+        raise ConfigError("config key chat.encryption_key_id: required when "
+                          "chat.encryption_keys is set (the id new values are encrypted under)")
+    if chat.encryption_key_id and chat.encryption_key_id not in chat.encryption_keys:
+        raise ConfigError(f"config key chat.encryption_key_id: {chat.encryption_key_id!r} is "
+                          "not a key of chat.encryption_keys")
 
 
 # Environment variables fixed by the issue tracker, plus a generic form
