@@ -371,9 +371,11 @@ async def test_serve_port_flag_generated_secret_shared_with_token(tmp_path: Path
 async def test_serve_port_from_env(tmp_path: Path) -> None:
     port = free_port()
     env = cli_env(tmp_path, SENTCHAT_HTTP_PORT=str(port), SENTCHAT_TOKEN_HMAC_SECRET=SECRET,
-                  SENTCHAT_API_KEY="env-api-key")
+                  SENTCHAT_API_KEY="env-api-key",
+                  SENTCHAT_CHAT__ENCRYPTION_KEYS='{ k1 = "%s" }' % ("A" * 43 + "="),
+                  SENTCHAT_CHAT__ENCRYPTION_KEY_ID="k1")
     async with serving(env=env, port=port, tmp=tmp_path) as served:
-        # Secret and API key configured: nothing generated.
+        # Secret, API key and chat encryption key configured: nothing generated.
         assert not (tmp_path / "secrets.json").exists()
         status, _ = await http(port, "POST", "/api/info", {}, {"X-API-Key": "env-api-key"})
         assert status == 200
