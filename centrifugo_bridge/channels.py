@@ -49,6 +49,10 @@ class ChannelOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     # SENTchat extensions (durable history, issue 3): accepted and validated now.
     durable: bool = False
     retention: float = 0.0  # seconds; 0 = keep forever
+    # SENTchat extension (chat product, issue 5): the name of an access-control provider
+    # the node asks before a client subscribes to, reads the history of or the presence of
+    # a channel of this namespace ("chat" = chat memberships). Unknown providers deny.
+    acl: str = ""
 
     def __post_init__(self) -> None:
         if self.history_size < 0:

@@ -101,6 +101,16 @@ class ReadHistory(Effect, frozen=True):
     reverse: bool
 
 
+class CheckAccess(Effect, frozen=True):
+    """Ask the namespace's access-control provider whether ``user`` may ``action``
+    (``subscribe``, ``history`` or ``presence``) ``channel``. Result: bool."""
+
+    provider: str
+    channel: str
+    user: str
+    action: str
+
+
 class CallRPC(Effect, frozen=True):
     """-> bytes (JSON or binary reply data); raises ClientError 104 for unknown methods."""
 

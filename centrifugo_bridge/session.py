@@ -197,12 +197,14 @@ class Session:
                 return Reply(id=cmd.id, publish=(yield from self._publish(cmd.publish)))
             if cmd.presence is not None:
                 channel = self._need_channel(cmd.presence.channel)
-                self.rules.check_presence(channel, self.user, channel in self.subs)
+                res = self.rules.check_presence(channel, self.user, channel in self.subs)
+                yield from self._check_access(res, channel, "presence")
                 presence = yield effects.ReadPresence(channel)
                 return Reply(id=cmd.id, presence=PresenceResult(presence=presence))
             if cmd.presence_stats is not None:
                 channel = self._need_channel(cmd.presence_stats.channel)
-                self.rules.check_presence(channel, self.user, channel in self.subs)
+                res = self.rules.check_presence(channel, self.user, channel in self.subs)
+                yield from self._check_access(res, channel, "presence")
                 clients, users = yield effects.ReadPresenceStats(channel)
                 return Reply(id=cmd.id, presence_stats=PresenceStatsResult(num_clients=clients, num_users=users))
             if cmd.history is not None:
@@ -374,6 +376,8 @@ class Session:
             chan_info, data, expire_at, override = grant.info, grant.data, float(grant.expire_at), grant.override
         elif not self.rules.can_subscribe_without_token(res, self.user):
             raise codes.error(codes.PERMISSION_DENIED)
+        # Also with a subscription token: the product's memberships are the final word.
+        yield from self._check_access(res, channel, "subscribe")
         result = yield from self._do_subscribe(
             res, chan_info, data, expire_at, recover_req=req if req.recover else None,
             positioned_req=req.positioned, recoverable_req=req.recoverable,
@@ -496,7 +500,8 @@ class Session:
 
     def _history(self, req: HistoryRequest) -> Generator[effects.Effect, Any, HistoryResult]:
         channel = self._need_channel(req.channel)
-        self.rules.check_history(channel, self.user, channel in self.subs)
+        res = self.rules.check_history(channel, self.user, channel in self.subs)
+        yield from self._check_access(res, channel, "history")
         cap = self.config.history_max_publication_limit
         limit = req.limit
         if cap > 0 and (limit < 0 or limit > cap):
@@ -505,6 +510,13 @@ class Session:
             raise codes.error(codes.BAD_REQUEST)
         state: effects.StreamState = yield effects.ReadHistory(channel, limit, req.since, req.reverse)
         return HistoryResult(publications=state.publications, epoch=state.epoch, offset=state.offset)
+
+    def _check_access(self, res: Resolved, channel: str, action: str) -> Generator[effects.Effect, Any, None]:
+        """Ask the namespace's access-control provider (if it names one); 103 when denied."""
+        if res.options.acl:
+            allowed = yield effects.CheckAccess(res.options.acl, channel, self.user, action)
+            if not allowed:
+                raise codes.error(codes.PERMISSION_DENIED)
 
     def _rpc(self, req: RPCRequest) -> Generator[effects.Effect, Any, RPCResult]:
         data = yield effects.CallRPC(req.method, bytes(req.data), self.user, self.client_id)

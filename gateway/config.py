@@ -128,6 +128,13 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ChatSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # The chat product (issue 5, docs/chat.md): RPC methods, /v1/ HTTP API, the `chat`
+    # access provider. Needs the durable namespace `namespace` with acl = "chat".
+    enabled: bool = False
+    namespace: str = "chat"          # chat:<channel id> carries a channel's events
+    status_namespace: str = "status"  # status:<user> carries a user's status changes
+    owners: list[str] = []           # user ids made workspace owners on first sight
+    pool_size: int = 8               # PostgreSQL connections of the chat service
     # Encryption at rest of sensitive chat fields (storage/crypto.py, docs/audit.md):
     # key id -> base64 of 32 random bytes (AES-256-GCM). Old ids stay listed until their
     # values are re-encrypted. Empty: a key is generated into <data_dir>/secrets.json.
@@ -301,7 +308,32 @@ def build_settings(data: dict[str, Any]) -> Settings:
     if settings.node.workers < 1:
         raise ConfigError("config key node.workers: must be >= 1")
     _check_chat_keys(settings.chat)
+    _check_chat(settings)
     return settings
+
+
+def _check_chat(settings: Settings) -> None:
+    """The chat product needs its namespaces set up to carry its events safely."""
+    chat = settings.chat
+    if not 1 <= chat.pool_size <= 100:
+        raise ConfigError("config key chat.pool_size: must be 1-100")
+    if not chat.enabled:
+        return
+    spaces = {ns.name: ns for ns in settings.channel.namespaces}
+    ns = spaces.get(chat.namespace)
+    if ns is None:
+        raise ConfigError(f"config key chat.namespace: no channel namespace {chat.namespace!r}")
+    if not ns.durable:
+        raise ConfigError(f"config key chat.namespace: namespace {chat.namespace!r} must be durable "
+                          "(chat events are acknowledged only once committed)")
+    if ns.acl != "chat":
+        raise ConfigError(f"config key chat.namespace: namespace {chat.namespace!r} must set "
+                          'acl = "chat" (otherwise anyone could read private channels)')
+    if ns.allow_publish_for_client or ns.allow_publish_for_subscriber or ns.allow_publish_for_anonymous:
+        raise ConfigError(f"config key chat.namespace: namespace {chat.namespace!r} must not allow "
+                          "client publications (messages go through messages.send)")
+    if chat.status_namespace not in spaces:
+        raise ConfigError(f"config key chat.status_namespace: no channel namespace {chat.status_namespace!r}")
 
 
 def _check_chat_keys(chat: ChatSettings) -> None:

@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -33,6 +33,10 @@ from gateway.metrics import Metrics
 from gateway.reorder import Reorder
 from gateway.timers import TimerWheel
 
+if TYPE_CHECKING:
+    from gateway.chat.binding import ChatHttp
+    from gateway.chat.service import ChatService
+
 log = logging.getLogger("sentchat.node")
 
 # Channels per node listed in the registry for the `channels` API.
@@ -44,6 +48,7 @@ IDEMPOTENCY_MAX_KEYS = 100_000
 
 RPCHandler = Callable[[str, str, bytes], Awaitable[bytes]]
 MessageHandler = Callable[[str, str, bytes], Awaitable[None]]
+AccessCheck = Callable[[str, str, str], Awaitable[bool]]
 
 
 class Node:
@@ -80,6 +85,11 @@ class Node:
         self.users: dict[str, set[Connection]] = {}
         self.rpc_handlers: dict[str, RPCHandler] = {"whoami": self._rpc_whoami}
         self.message_handler: MessageHandler | None = None
+        # Namespace option `acl` names one of these: (user, channel, action) -> allowed.
+        self.access_providers: dict[str, AccessCheck] = {}
+        # The chat product (issue 5), when `chat.enabled`.
+        self.chat: ChatService | None = None
+        self.chat_http: ChatHttp | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # Every socket past the WebSocket handshake, connected or still before `connect`.
         self._all: set[Connection] = set()
@@ -116,6 +126,15 @@ class Node:
             if not dsn:
                 raise RuntimeError("durable namespaces need storage.postgres_dsn")
             await self.durable.start(dsn)
+        if self.settings.chat.enabled:
+            # The chat product's tables come with the same migrations as the durable store.
+            from gateway.chat.binding import ChatHttp, install_rpc
+            from gateway.chat.service import ChatService
+
+            self.chat = ChatService(self, self.settings.chat)
+            await self.chat.start(self.settings.storage.postgres_dsn)
+            install_rpc(self, self.chat)
+            self.chat_http = ChatHttp(self, self.chat)
         await self.broker.start(self)
         self.timers.start()
         if self.clustered:
@@ -133,6 +152,8 @@ class Node:
             conn.close(codes.SHUTDOWN)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self.chat is not None:
+            await self.chat.stop()
         if self.durable is not None:
             await self.durable.close()
         await self.broker.close()
@@ -223,6 +244,11 @@ class Node:
                 self.connections[effect.client] = conn
                 self.users.setdefault(effect.user, set()).add(conn)
                 return None
+            case effects.CheckAccess():
+                check = self.access_providers.get(effect.provider)
+                if check is None:
+                    return False
+                return await check(effect.user, effect.channel, effect.action)
             case effects.CallRPC():
                 handler = self.rpc_handlers.get(effect.method)
                 if handler is None:

@@ -150,6 +150,12 @@ class GatewayProtocol(asyncio.Protocol):
                 return 401, b"", text
             status, payload = await self.api.call(path[len(API_PREFIX):], body)
             return status, payload, "application/json" if status == 200 else text
+        if path.startswith("/v1/"):
+            chat = self.node.chat_http
+            if chat is None:
+                return 404, b'{"error":{"code":"not_found","message":"the chat product is not enabled"}}', \
+                    "application/json"
+            return await chat.handle(head, body)
         if path == "/health":
             if head.method not in ("GET", "HEAD"):
                 return 405, b"Method Not Allowed", text

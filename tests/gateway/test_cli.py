@@ -31,6 +31,7 @@ from centrifuge import (
     ClientEventHandler,
     ConnectingContext,
     PublicationContext,
+    ReplyError,
     SubscribedContext,
     SubscriptionEventHandler,
     UnsubscribedContext,
@@ -344,14 +345,22 @@ async def test_serve_port_flag_generated_secret_shared_with_token(tmp_path: Path
             await client.connect()
             await client.ready(timeout=WAIT)
             assert (await client.rpc("whoami", {})).data["user"] == "alice"
+            # The chat product is on by default: a channel, its durable stream, a message.
+            channel = (await client.rpc("channels.create", {"name": "cli"})).data["channel"]
             sub_events = SubEvents()
-            sub = client.new_subscription("chat:cli", sub_events)
+            sub = client.new_subscription(channel["subscription"], sub_events)
             await sub.subscribe()
             assert await asyncio.wait_for(sub_events.outcome, WAIT) == "subscribed"
-            await sub.publish({"text": "hi"})
+            sent = (await client.rpc("messages.send", {"channel_id": channel["id"], "text": "hi"})).data
             pub = await asyncio.wait_for(sub_events.pubs.get(), WAIT)
-            assert pub.pub.data == {"text": "hi"}
-            assert pub.pub.info.conn_info == {"n": "Alice"}
+            while pub.pub.data["type"] != "message.created":  # member.joined comes first
+                pub = await asyncio.wait_for(sub_events.pubs.get(), WAIT)
+            assert pub.pub.data["message"]["text"] == "hi"
+            assert pub.pub.data["message"]["id"] == sent["message"]["id"]
+            # Clients cannot publish into chat channels themselves (103 permission denied).
+            with pytest.raises(ReplyError) as err:
+                await sub.publish({"text": "forged"})
+            assert err.value.code == 103
 
             # The API key was generated too and is enforced.
             api_key = json.loads(secrets_file.read_text())["api_key"]

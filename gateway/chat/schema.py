@@ -1,0 +1,275 @@
+"""Wire types of the chat API: request parameters (validated: sizes, patterns, types) and
+result objects, shared by the RPC and HTTP bindings and by the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+# ---- constrained scalars ------------------------------------------------------------
+
+UserId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+ChannelId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+ChannelName = Annotated[str, Meta(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+MessageId = Annotated[int, Meta(ge=1, le=2**62)]
+Text = Annotated[str, Meta(min_length=1, max_length=40_000)]
+Topic = Annotated[str, Meta(max_length=250)]
+Emoji = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
+ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
+PageLimit = Annotated[int, Meta(ge=1, le=200)]
+ShortText = Annotated[str, Meta(max_length=100)]
+UnixTime = Annotated[int, Meta(ge=0, le=2**40)]
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every request: unknown fields are an error, not silently ignored."""
+
+
+class NoParams(Params):
+    pass
+
+
+class ChannelsList(Params):
+    include_archived: bool = False
+    joined_only: bool = False
+
+
+class ChannelsCreate(Params):
+    name: ChannelName
+    private: bool = False
+    topic: Topic = ""
+    members: Annotated[list[UserId], Meta(max_length=100)] = []
+
+
+class ChannelRef(Params):
+    channel_id: ChannelId
+
+
+class ChannelsInvite(Params):
+    channel_id: ChannelId
+    user_ids: Annotated[list[UserId], Meta(min_length=1, max_length=100)]
+
+
+class ChannelsKick(Params):
+    channel_id: ChannelId
+    user_id: UserId
+
+
+class ChannelsSetTopic(Params):
+    channel_id: ChannelId
+    topic: Topic
+
+
+class DmOpen(Params):
+    # The caller plus 1..7 others: a DM (2 people) or a group DM (up to 8).
+    user_ids: Annotated[list[UserId], Meta(min_length=1, max_length=7)]
+
+
+class MessagesSend(Params):
+    channel_id: ChannelId
+    text: Text
+    client_msg_id: ClientMsgId | None = None
+    thread_parent: MessageId | None = None
+    also_to_channel: bool = False
+
+
+class MessagesEdit(Params):
+    message_id: MessageId
+    text: Text
+
+
+class MessageRef(Params):
+    message_id: MessageId
+
+
+class MessagesList(Params):
+    channel_id: ChannelId
+    before: MessageId | None = None
+    after: MessageId | None = None
+    limit: PageLimit = 50
+
+
+class ThreadsReplies(Params):
+    message_id: MessageId
+    after: MessageId | None = None
+    limit: PageLimit = 100
+
+
+class ThreadsFollow(Params):
+    message_id: MessageId
+    follow: bool = True
+
+
+class Reaction(Params):
+    message_id: MessageId
+    emoji: Emoji
+
+
+class PinRef(Params):
+    message_id: MessageId
+
+
+class ReadMark(Params):
+    channel_id: ChannelId
+    message_id: Annotated[int, Meta(ge=0, le=2**62)]
+
+
+class SetStatus(Params):
+    """Fields left out stay as they are. ``*_until`` are Unix seconds (0 clears)."""
+
+    away: bool | None = None
+    dnd_until: UnixTime | None = None
+    text: ShortText | None = None
+    emoji: Annotated[str, Meta(max_length=64)] | None = None
+    until: UnixTime | None = None
+    # Only through the HTTP API with the API key (another app setting someone's status).
+    user_id: UserId | None = None
+
+
+class UserRef(Params):
+    user_id: UserId
+
+
+class SetMuted(Params):
+    channel_id: ChannelId
+    muted: bool
+
+
+class AdminUserUpsert(Params):
+    """Org-chart fields supplied by another application (HTTP API key only)."""
+
+    user_id: UserId
+    display_name: Annotated[str, Meta(max_length=200)] | None = None
+    email: Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    title: Annotated[str, Meta(max_length=200)] | None = None
+    manager: UserId | None = None
+    role: Literal["owner", "admin", "member", "guest"] | None = None
+
+
+# ---- results ------------------------------------------------------------------------
+
+
+class Snippet(msgspec.Struct):
+    lang: str
+    requested: str
+    code: str
+    html: str
+
+
+class Message(msgspec.Struct):
+    id: int
+    channel_id: str
+    author_id: str
+    text: str
+    rendered: list[Snippet]
+    version: int
+    deleted: bool
+    created_at: float
+    edited_at: float | None = None
+    client_msg_id: str | None = None
+    thread_parent: int | None = None
+    also_to_channel: bool = False
+    reply_count: int = 0
+    reply_users: list[str] = []
+    last_reply_at: float | None = None
+    reactions: dict[str, list[str]] = {}
+
+
+class MessageVersion(msgspec.Struct):
+    version: int
+    text: str
+    editor_id: str
+    replaced_at: float
+
+
+class Channel(msgspec.Struct):
+    id: str
+    kind: str
+    name: str
+    topic: str
+    archived: bool
+    created_by: str
+    created_at: float
+    member: bool
+    member_role: str | None = None
+    muted: bool = False
+    members: list[str] | None = None
+    subscription: str = ""
+
+
+class Position(msgspec.Struct):
+    """Where the channel's real-time stream stood before the read: subscribe with
+    recovery from here to get every event the page may not include."""
+
+    offset: int
+    epoch: str
+
+
+class MessagePage(msgspec.Struct):
+    messages: list[Message]
+    has_more: bool
+    position: Position | None = None
+
+
+class Status(msgspec.Struct):
+    online: bool
+    away: bool
+    dnd: bool
+    dnd_until: float | None
+    text: str
+    emoji: str
+    until: float | None
+
+
+class User(msgspec.Struct):
+    id: str
+    display_name: str
+    title: str
+    manager: str
+    role: str
+    status: Status
+    email: str | None = None
+
+
+class UnreadCount(msgspec.Struct):
+    channel_id: str
+    unread: int
+    mentions: int
+    last_read_id: int
+
+
+class ChannelResult(msgspec.Struct):
+    channel: Channel
+
+
+class ChannelsResult(msgspec.Struct):
+    channels: list[Channel]
+
+
+class MessageResult(msgspec.Struct):
+    message: Message
+    # False when a retry (same client_msg_id) found the message already sent.
+    created: bool = True
+
+
+class VersionsResult(msgspec.Struct):
+    message: Message
+    versions: list[MessageVersion]
+
+
+class PinsResult(msgspec.Struct):
+    messages: list[Message]
+
+
+class UnreadResult(msgspec.Struct):
+    channels: list[UnreadCount]
+
+
+class UserResult(msgspec.Struct):
+    user: User
+
+
+class Ok(msgspec.Struct):
+    ok: bool = True
