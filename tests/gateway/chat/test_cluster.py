@@ -1,0 +1,68 @@
+"""The chat product on two gateway nodes sharing PostgreSQL and Redis: a message sent through
+one node reaches subscribers on the other, a user connected to one node is online for the
+other, and a kick on one node ends the subscription held on the other."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+from centrifuge import ReplyError
+
+from gateway.cli import DEFAULT_CONFIG
+from gateway.config import load_settings
+from tests.conftest import API_KEY, SECRET, start_server, stop_server, with_database
+from tests.gateway.chat.conftest import ChatEnv, rpc
+from tests.sdk import Sdk, eventually
+
+
+async def test_two_nodes_share_the_chat(pg_dsn: str, redis_urls: list[str]) -> None:
+    name = f"chatc_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await admin.close()
+    dsn = with_database(pg_dsn, name)
+    settings = [load_settings(DEFAULT_CONFIG, environ={}, overrides={
+        ("client", "token", "hmac_secret_key"): SECRET, ("http_api", "key"): API_KEY,
+        ("storage", "postgres_dsn"): dsn, ("redis", "urls"): redis_urls,
+        ("chat", "encryption_keys"): {"k1": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
+        ("chat", "encryption_key_id"): "k1"})[0] for _ in range(2)]
+    one = await start_server(settings[0])
+    two = await start_server(settings[1])
+    sdk = Sdk(protobuf=False)
+    try:
+        env1, env2 = ChatEnv(one, dsn, sdk), ChatEnv(two, dsn, sdk)
+        alice, bob = await env1.user("alice"), await env2.user("bob")
+        ca, _ = await env1.connect(alice)
+        cb, _ = await env2.connect(bob)
+        # Alice's only connection is on node one; node two sees her online, then offline.
+        seen = (await rpc(cb, "users.get", user_id=alice))["user"]
+        assert seen["status"]["online"] is True
+
+        ch = (await rpc(ca, "channels.create", name=f"cl-{alice}", private=True, members=[bob]))["channel"]
+        sub, sev = await sdk.subscribe(cb, ch["subscription"])
+        sent = (await rpc(ca, "messages.send", channel_id=ch["id"], text="across nodes"))["message"]
+        ev = (await sev.next("publication")).pub.data
+        assert ev["type"] == "message.created" and ev["message"]["id"] == sent["id"]
+
+        # Kicked through node one: node two ends bob's live subscription.
+        await rpc(ca, "channels.kick", channel_id=ch["id"], user_id=bob)
+        await sev.next("unsubscribed")
+        try:
+            await rpc(cb, "messages.list", channel_id=ch["id"])
+            raise AssertionError("a kicked member still reads the private channel")
+        except ReplyError as err:
+            assert err.code == 404
+
+        await ca.disconnect()
+
+        async def offline() -> bool:
+            return (await rpc(cb, "users.get", user_id=alice))["user"]["status"]["online"] is False
+
+        await eventually(offline)
+    finally:
+        await sdk.close()
+        await stop_server(one)
+        await stop_server(two)
