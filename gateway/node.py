@@ -90,6 +90,9 @@ class Node:
         # The chat product (issue 5), when `chat.enabled`.
         self.chat: ChatService | None = None
         self.chat_http: ChatHttp | None = None
+        # Told (user, True) when a user's first connection on this node registers and
+        # (user, False) after its last one closed here.
+        self.online_listener: Callable[[str, bool], None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # Every socket past the WebSocket handshake, connected or still before `connect`.
         self._all: set[Connection] = set()
@@ -172,6 +175,7 @@ class Node:
 
     def connection_closed(self, conn: Connection) -> None:
         self._all.discard(conn)
+        gone = ""
         self.metrics.connections.dec()
         if self.connections.get(conn.client_id) is conn:
             del self.connections[conn.client_id]
@@ -180,8 +184,11 @@ class Node:
                 user_conns.discard(conn)
                 if not user_conns:
                     del self.users[conn.session.user]
+                    gone = conn.session.user
         for effect in conn.session.close():
             self.detach(effect, conn)
+        if gone and self.online_listener is not None:
+            self.online_listener(gone, False)
 
     def detach(self, effect: effects.UnsubscribeChannel, conn: Connection) -> None:
         """Unsubscribe without waiting (timer expiry, disconnect): local delivery stops now,
@@ -242,7 +249,10 @@ class Node:
                 return await self.sub_verifier.verify(effect.token)
             case effects.Register():
                 self.connections[effect.client] = conn
-                self.users.setdefault(effect.user, set()).add(conn)
+                user_conns = self.users.setdefault(effect.user, set())
+                user_conns.add(conn)
+                if len(user_conns) == 1 and effect.user and self.online_listener is not None:
+                    self.online_listener(effect.user, True)
                 return None
             case effects.CheckAccess():
                 check = self.access_providers.get(effect.provider)

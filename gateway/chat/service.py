@@ -10,6 +10,7 @@ event exactly once per (event, id, version).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 ROLE_CACHE_SECONDS = 2.0
 NOTIFY_TEXT_CHARS = 200
+# Going offline: how long the closed connection's presence may take to disappear.
+OFFLINE_CHECKS = 10
+OFFLINE_CHECK_INTERVAL = 0.1
 
 _CHANNEL = "SELECT * FROM chat_channels WHERE id = $1"
 _CHANNEL_FOR_UPDATE = _CHANNEL + " FOR UPDATE"
@@ -81,9 +85,11 @@ class ChatService:
         self.cipher = FieldCipher.from_settings(self.settings)
         self.pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self.settings.pool_size)
         self.node.access_providers["chat"] = self.check_access
+        self.node.online_listener = self._online_changed
 
     async def stop(self) -> None:
         self.node.access_providers.pop("chat", None)
+        self.node.online_listener = None
         if self.pool is not None:
             await self.pool.close()
 
@@ -268,6 +274,29 @@ class ChatService:
             log.warning("presence read for %s failed", user, exc_info=True)
             return False
         return bool(presence)
+
+    def _online_changed(self, user: str, online: bool) -> None:
+        """A user's first connection on this node came, or its last one here left."""
+        self.node._spawn(self._announce_online(user, online))
+
+    async def _announce_online(self, user: str, online: bool) -> None:
+        """``presence.changed`` on ``status:<user>``. Going offline is announced only when
+        no node holds a connection of the user any more (the personal channel's presence,
+        whose removal of the closed connection lands shortly after the close)."""
+        if not online:
+            for _ in range(OFFLINE_CHECKS):
+                if user in self.node.users:
+                    return  # reconnected here meanwhile
+                if not await self._online(user):
+                    break
+                await asyncio.sleep(OFFLINE_CHECK_INTERVAL)
+            else:
+                return  # connected elsewhere
+        try:
+            await self.node.publish(self.status_channel(user), orjson.dumps(
+                {"type": "presence.changed", "user_id": user, "online": online}), source="chat")
+        except Exception:
+            log.warning("presence announcement for %s failed", user, exc_info=True)
 
     # ---- channels ---------------------------------------------------------------------
 

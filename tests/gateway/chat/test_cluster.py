@@ -56,12 +56,20 @@ async def test_two_nodes_share_the_chat(pg_dsn: str, redis_urls: list[str]) -> N
         except ReplyError as err:
             assert err.code == 404
 
+        # Watching alice's status from node two: her going offline on node one, and coming
+        # back on node two, arrive in real time.
+        _, watch = await sdk.subscribe(cb, f"status:{alice}")
         await ca.disconnect()
+        ev = (await watch.next("publication")).pub.data
+        assert ev == {"type": "presence.changed", "user_id": alice, "online": False}
 
         async def offline() -> bool:
             return (await rpc(cb, "users.get", user_id=alice))["user"]["status"]["online"] is False
 
         await eventually(offline)
+        await env2.connect(alice)
+        ev = (await watch.next("publication")).pub.data
+        assert ev == {"type": "presence.changed", "user_id": alice, "online": True}
     finally:
         await sdk.close()
         await stop_server(one)
