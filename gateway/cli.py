@@ -173,6 +173,15 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> None:
                              backlog=settings.http.backlog, reuse_port=reuse_port)
         log.info("sentchat %s listening on http://%s:%d (websocket /connection/websocket)",
                  __version__, settings.http.host, settings.http.port)
+        from gateway import cluster_view
+
+        siblings = cluster_view.from_env()
+        if siblings is not None:
+            # A worker of `--workers N`: a private loopback port its siblings ask for this
+            # worker's own /metrics and /health, so any worker can answer with totals.
+            private = await serve(node, "127.0.0.1", 0)
+            siblings.publish_port(private.sockets[0].getsockname()[1])
+            cluster_view.enable(siblings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,6 +18,7 @@ import orjson
 from websockets.server import ServerProtocol
 
 from centrifugo_bridge import server_api
+from gateway import cluster_view
 from gateway.api import ServerApi, authorized
 from gateway.connection import Connection
 from gateway.http import HttpError, RequestHead, parse_head, response
@@ -159,10 +160,15 @@ class GatewayProtocol(asyncio.Protocol):
         if path == "/health":
             if head.method not in ("GET", "HEAD"):
                 return 405, b"Method Not Allowed", text
+            if cluster_view.enabled(head.query):  # --workers N: all workers' health
+                status, payload = await cluster_view.health(self.node)
+                return status, payload, "application/json"
             return 200, orjson.dumps({"status": "ok", "node": self.node.name}), "application/json"
         if path == "/metrics":
             if head.method not in ("GET", "HEAD"):
                 return 405, b"Method Not Allowed", text
+            if cluster_view.enabled(head.query):  # --workers N: totals over the workers
+                return 200, await cluster_view.metrics(self.node), CONTENT_TYPE_LATEST
             self.node.refresh_metrics()
             return 200, self.node.metrics.render(), CONTENT_TYPE_LATEST
         if path == WEBSOCKET_PATH:

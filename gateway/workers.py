@@ -133,6 +133,10 @@ async def _run_workers(n: int, argv: list[str], env: dict[str, str]) -> int:
     parent = os.getpid()
     command = [sys.executable, "-m", "gateway.cli", "serve", *argv, "--workers", "1", "--reuse-port"]
     procs: dict[int, asyncio.subprocess.Process] = {}
+    # Workers announce private ports here so any of them can answer /metrics and /health
+    # for all (gateway/cluster_view.py).
+    view_dir = tempfile.TemporaryDirectory(prefix="sentchat-workers-")
+    env = {**env, "SENTCHAT_WORKERS_DIR": view_dir.name, "SENTCHAT_WORKERS_COUNT": str(n)}
 
     async def spawn(i: int) -> None:
         procs[i] = await asyncio.create_subprocess_exec(
@@ -161,4 +165,5 @@ async def _run_workers(n: int, argv: list[str], env: dict[str, str]) -> int:
         for p in procs.values():
             if p.returncode is None:
                 p.kill()
+    view_dir.cleanup()
     return 0
