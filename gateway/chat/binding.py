@@ -203,6 +203,15 @@ class ChatHttp:
                     body: bytes) -> tuple[int, bytes, str]:
         from urllib.parse import unquote
 
+        # Authenticate before reading the input: an anonymous or wrongly keyed caller gets
+        # 401, never a 400 that describes what a valid request looks like.
+        app = self._api_key_ok(head.headers)
+        actor: Actor | None = None
+        if op.admin:
+            if not app:
+                raise unauthorized("this operation needs the API key (X-API-Key)")
+        elif not (app and op.name in APP_OPS):
+            actor = await self._bearer(head.headers)
         fields: dict[str, Any] = {}
         if op.http_method == "GET" or op.http_method == "DELETE" and not body:
             fields.update(head.query)
@@ -220,17 +229,15 @@ class ChatHttp:
                 raise bad_request(f"{key} in the body does not match the URL")
             fields[key] = text
         params = _convert(op, fields)
-        app = self._api_key_ok(head.headers)
         if op.admin:
-            if not app:
-                raise unauthorized("this operation needs the API key (X-API-Key)")
-            actor = Actor("app", "owner")
-            result = await _handler(self.service, op)(actor, params)
-        elif app and op.name in APP_OPS and getattr(params, "user_id", None):
-            actor = Actor("app", "owner")
-            result = await self.service.presence_set_status(actor, params, app=True)  # type: ignore[arg-type]
+            result = await _handler(self.service, op)(Actor("app", "owner"), params)
+        elif actor is None and getattr(params, "user_id", None):
+            # An app with the API key acting on the user it names.
+            app_actor = Actor("app", "owner")
+            result = await self.service.presence_set_status(app_actor, params, app=True)  # type: ignore[arg-type]
         else:
-            actor = await self._bearer(head.headers)
+            # An app op without a user to act on: the caller must be a user after all.
+            actor = actor if actor is not None else await self._bearer(head.headers)
             result = await _handler(self.service, op)(actor, params)
         return op.status, msgspec.json.encode(result), JSON
 

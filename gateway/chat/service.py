@@ -678,9 +678,9 @@ class ChatService:
         if not rbac.can_read_versions(actor.role):
             raise forbidden("only workspace admins can read message versions")
         async with self.db.acquire() as c:
-            row = await c.fetchrow("SELECT * FROM chat_messages WHERE id = $1", p.message_id)
-            if row is None:
-                raise not_found("message")
+            # Admins moderate what they can see: a private channel's or a DM's messages
+            # stay its members' (can_see), so an admin outside it gets "not found".
+            row, _, _ = await self._message(c, actor, p.message_id)
             versions = await c.fetch(
                 "SELECT * FROM chat_message_versions WHERE message_id = $1 ORDER BY version", p.message_id)
             message = (await self._messages(c, [row]))[0]
@@ -896,5 +896,19 @@ class ChatService:
             await audit.append(c, actor=actor.id, action="user.upsert", target=f"user:{p.user_id}",
                                before=msgspec.to_builtins(dict(before)) if before is not None else None, after=after)
         self._roles.pop(p.user_id, None)
+        if p.role == "guest" and (before is None or before["role"] != "guest"):
+            await self._end_public_previews(p.user_id)
         return s.UserResult(user=await self._user(p.user_id, actor))
 
+    async def _end_public_previews(self, user: str) -> None:
+        """A user just made a guest sees only the channels it is in: its live subscriptions
+        to public channels it was only previewing end now, on every node (the access check
+        refuses them from here on, but would not stop a subscription already running)."""
+        async with self.db.acquire() as c:
+            rows = await c.fetch(
+                """SELECT ch.id FROM chat_channels ch WHERE ch.kind = 'public' AND NOT EXISTS (
+                       SELECT 1 FROM chat_members m WHERE m.channel_id = ch.id AND m.user_id = $1)""",
+                user)
+        for r in rows:
+            await self.node.control({"op": "unsubscribe", "user": user,
+                                     "channel": self.channel_name(r["id"]), "client": ""})
