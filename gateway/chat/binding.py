@@ -239,7 +239,10 @@ class ChatHttp:
             # An app op without a user to act on: the caller must be a user after all.
             actor = actor if actor is not None else await self._bearer(head.headers)
             result = await _handler(self.service, op)(actor, params)
-        return op.status, msgspec.json.encode(result), JSON
+        status = op.status
+        if status == 201 and getattr(result, "created", True) is False:
+            status = 200  # a retry found what the first request created
+        return status, msgspec.json.encode(result), JSON
 
     def _api_key_ok(self, headers: Mapping[str, str]) -> bool:
         from gateway.api import authorized
@@ -262,6 +265,9 @@ class ChatHttp:
             raise unauthorized("token expired") from None
         except InvalidToken:
             raise unauthorized("invalid token") from None
+        if "channel" in claims:
+            # A subscription token grants one channel, never the user's whole API.
+            raise unauthorized("a subscription token cannot authenticate API calls")
         user = claims.get(self.node.settings.client.token.user_id_claim or "sub")
         if not isinstance(user, str) or not user:
             raise unauthorized("the token names no user")

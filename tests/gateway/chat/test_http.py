@@ -69,6 +69,11 @@ async def test_missing_invalid_and_expired_tokens_are_401(chat: ChatEnv) -> None
     err = error(await chat.http("GET", "/v1/channels", headers={"Authorization": f"Bearer {expired}"}),
                 401, "unauthorized")
     assert "expired" in err["message"]
+    # A subscription token (one channel) does not open the user's whole API.
+    sub_token = chat.srv.token(alice, channel="chat:anything")
+    err = error(await chat.http("GET", "/v1/channels", headers={"Authorization": f"Bearer {sub_token}"}),
+                401, "unauthorized")
+    assert "subscription token" in err["message"]
     # Authentication comes before input validation: an anonymous caller learns nothing
     # about what a valid body looks like.
     error(await chat.http("POST", "/v1/channels", body={"name": "Bad Name!"}), 401, "unauthorized")
@@ -176,6 +181,7 @@ async def test_message_operations(chat: ChatEnv) -> None:
     ev = (await sev.next_where("publication", lambda c: c.pub.data["type"] == "message.created")).pub.data
     assert ev["message"]["id"] == msg["id"]
     retry = await chat.http("POST", f"/v1/channels/{cid}/messages", alice, {"text": "hello", "client_msg_id": "h1"})
+    assert retry.status == 200, "a retry creates nothing: 200, not 201"
     assert retry.body["created"] is False and retry.body["message"]["id"] == msg["id"]
     error(await chat.http("POST", f"/v1/channels/{cid}/messages", alice,
                           {"text": "x", "client_msg_id": "h1", "thread_parent": msg["id"]}),
