@@ -894,7 +894,7 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
     bound = args.max_seconds
     cfg = {"host": target.host, "port": target.port, "path": WS_PATH, "secret": target.secret,
            "channels": args.channels, "timeout": args.timeout, "concurrency": args.concurrency,
-           "sources": [[f"127.0.{1 + (i * args.sources_per_proc + k) // 250}."
+           "sources": [[f"127.0.{(i * args.sources_per_proc + k) // 250}."
                         f"{2 + (i * args.sources_per_proc + k) % 250}"
                         for k in range(args.sources_per_proc)] for i in range(procs)],
            "first_user": first, "origin_ns": origin_ns, "broadcast": args.broadcast,
