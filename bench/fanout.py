@@ -778,8 +778,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             } if valkey_measured else None,
             "stop_s": round(stop_s, 2), "sigkill": server.killed, "exit_code": server.exit_code,
             "log_problem_lines": log_problems, "log_problems": log_lines,
-            # /metrics is answered by whichever worker SO_REUSEPORT picks: one worker's view
-            "metrics_scope": "gateway" if args.workers == 1 else "one worker",
+            # with --workers N the answering worker sums every worker's metrics (cluster_view)
+            "metrics_scope": "gateway" if args.workers == 1 else "all workers",
             "metrics": {k: v for k, v in metrics.items()
                         if k.startswith(("sentchat_deliveries_total", "sentchat_errors_total",
                                          "sentchat_connections", "sentchat_publications_total",
