@@ -559,17 +559,32 @@ class ChatService:
                       at_channel: bool, at_here: bool, parent: asyncpg.Record | None) -> None:
         """Notifications on personal channels: mentions, DMs, replies in followed threads;
         none for muted channels or users in Do Not Disturb (unread counts are unaffected)."""
+        direct = ch["kind"] in ("dm", "group_dm")
+        everyone = at_channel or at_here or direct
+        # The common case, a plain message in a channel, notifies nobody: reading every
+        # member row (1,000 in a big channel) on each send would only be thrown away.
+        if not everyone and not users and parent is None:
+            return
         async with self.db.acquire() as c:
-            rows = await c.fetch(
-                """SELECT m.user_id, m.muted, st.dnd_until
-                   FROM chat_members m LEFT JOIN chat_user_status st ON st.user_id = m.user_id
-                   WHERE m.channel_id = $1 AND m.user_id <> $2""", ch["id"], actor.id)
             followers: set[str] = set()
             if parent is not None:
                 followers = {r["user_id"] for r in await c.fetch(
                     "SELECT user_id FROM chat_thread_follows WHERE message_id = $1", parent["id"])}
+            if everyone:
+                rows = await c.fetch(
+                    """SELECT m.user_id, m.muted, st.dnd_until
+                       FROM chat_members m LEFT JOIN chat_user_status st ON st.user_id = m.user_id
+                       WHERE m.channel_id = $1 AND m.user_id <> $2""", ch["id"], actor.id)
+            else:
+                # Only the mentioned users and the thread's followers can be notified.
+                targets = sorted((users | followers) - {actor.id})
+                if not targets:
+                    return
+                rows = await c.fetch(
+                    """SELECT m.user_id, m.muted, st.dnd_until
+                       FROM chat_members m LEFT JOIN chat_user_status st ON st.user_id = m.user_id
+                       WHERE m.channel_id = $1 AND m.user_id = ANY($2::text[])""", ch["id"], targets)
         now = datetime.now(UTC)
-        direct = ch["kind"] in ("dm", "group_dm")
         for r in rows:
             uid = r["user_id"]
             if uid in users or at_channel:
