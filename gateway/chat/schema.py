@@ -238,6 +238,8 @@ class UnreadCount(msgspec.Struct):
     unread: int
     mentions: int
     last_read_id: int
+    # More unread than the counts say (they stop at 1,000: "1000+").
+    more: bool = False
 
 
 class ChannelResult(msgspec.Struct):

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ROLE_CACHE_SECONDS = 2.0
 NOTIFY_TEXT_CHARS = 200
+UNREAD_CAP = 1000
 # Going offline: how long the closed connection's presence may take to disappear.
 OFFLINE_CHECKS = 10
 OFFLINE_CHECK_INTERVAL = 0.1
@@ -552,7 +553,9 @@ class ChatService:
             await self._emit(p.channel_id, {"type": "message.created", "message": body},
                              f"message.created:{row['id']}")
         if created:
-            await self._notify(actor, ch, message, users, at_channel, at_here, parent)
+            # Notifications are best effort and may fan out to every member: the sender's
+            # acknowledgement does not wait for them.
+            self.node._spawn(self._notify(actor, ch, message, users, at_channel, at_here, parent))
         return s.MessageResult(message=message, created=created)
 
     async def _notify(self, actor: Actor, ch: asyncpg.Record, message: s.Message, users: set[str],
@@ -813,19 +816,24 @@ class ChatService:
         """Unread timeline messages (others', not deleted; thread-only replies excluded)
         and how many of them mention the caller, per channel the caller is in."""
         async with self.db.acquire() as c:
+            # Counted up to UNREAD_CAP + 1 per channel (shown as "1000+"): a member far behind
+            # in a channel of millions must not cost a scan of millions.
             rows = await c.fetch(
-                """SELECT m.channel_id, m.last_read_id,
-                          count(x.id) AS unread,
-                          count(x.id) FILTER (WHERE x.mentions && ARRAY[$1, '@channel', '@here']) AS mentions
+                """SELECT m.channel_id, m.last_read_id, u.unread, u.mentions
                    FROM chat_members m
-                   LEFT JOIN chat_messages x ON x.channel_id = m.channel_id AND x.id > m.last_read_id
-                        AND (x.thread_parent IS NULL OR x.also_to_channel)
-                        AND NOT x.deleted AND x.author_id <> $1
-                   WHERE m.user_id = $1
-                   GROUP BY m.channel_id, m.last_read_id ORDER BY m.channel_id""", actor.id)
+                   CROSS JOIN LATERAL (
+                       SELECT count(*) AS unread,
+                              count(*) FILTER (WHERE x.mentions && ARRAY[$1, '@channel', '@here']) AS mentions
+                       FROM (SELECT mentions FROM chat_messages
+                             WHERE channel_id = m.channel_id AND id > m.last_read_id
+                               AND (thread_parent IS NULL OR also_to_channel)
+                               AND NOT deleted AND author_id <> $1
+                             ORDER BY id LIMIT $2) x) u
+                   WHERE m.user_id = $1 ORDER BY m.channel_id""", actor.id, UNREAD_CAP + 1)
         return s.UnreadResult(channels=[
-            s.UnreadCount(channel_id=r["channel_id"], unread=r["unread"], mentions=r["mentions"],
-                          last_read_id=r["last_read_id"]) for r in rows])
+            s.UnreadCount(channel_id=r["channel_id"], unread=min(r["unread"], UNREAD_CAP),
+                          mentions=min(r["mentions"], UNREAD_CAP), last_read_id=r["last_read_id"],
+                          more=r["unread"] > UNREAD_CAP) for r in rows])
 
     # ---- users and status -------------------------------------------------------------
 

@@ -268,3 +268,26 @@ async def test_bad_params_are_clear_errors(chat: ChatEnv) -> None:
         await ca.rpc("no.such.method", {})
     assert err.value.code == 104  # Centrifugo's "method not found"
     await asyncio.sleep(0)
+
+
+async def test_unread_counts_stop_at_a_cap(chat: ChatEnv) -> None:
+    """A member far behind gets "1000+" (``more``), not a scan of the whole channel."""
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    cb, _ = await chat.connect(bob)
+    ca, _ = await chat.connect(alice)
+    ch = (await rpc(ca, "channels.create", name=f"cap-{alice}", members=[bob]))["channel"]
+    db = await chat.db()
+    try:
+        # Bulk history straight into the table (what an import would do).
+        await db.execute("""INSERT INTO chat_messages (channel_id, author_id, text, mentions)
+                            SELECT $1, $2, 'm' || g, CASE WHEN g % 2 = 0 THEN ARRAY[$3] ELSE '{}' END
+                            FROM generate_series(1, 1005) g""", ch["id"], alice, bob)
+    finally:
+        await db.close()
+    counts = {c["channel_id"]: c for c in (await rpc(cb, "unread.counts"))["channels"]}
+    assert counts[ch["id"]]["unread"] == 1000 and counts[ch["id"]]["more"] is True
+    assert counts[ch["id"]]["mentions"] == 500
+    page = await rpc(cb, "messages.list", channel_id=ch["id"], limit=1)
+    await rpc(cb, "read.mark", channel_id=ch["id"], message_id=page["messages"][0]["id"] - 10)
+    counts = {c["channel_id"]: c for c in (await rpc(cb, "unread.counts"))["channels"]}
+    assert counts[ch["id"]]["unread"] == 10 and counts[ch["id"]]["more"] is False
