@@ -73,10 +73,11 @@ class FieldCipher:
     value has been rewritten (``needs_rotation`` / ``reencrypt``), then remove them."""
 
     def __init__(self, keys: Mapping[str, bytes], current: str) -> None:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         if not keys:
             raise CryptoError("no encryption key given")
+        # Key id -> AESGCM, built on first use: `cryptography` maps ~10 MB of native code,
+        # which an idle gateway that never touches an encrypted field does not pay for.
+        self._keys: dict[str, bytes] = {}
         self._aead: dict[str, Any] = {}
         self._headers: dict[str, bytes] = {}
         for key_id, key in keys.items():
@@ -85,11 +86,11 @@ class FieldCipher:
             if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
                 size = len(key) if isinstance(key, bytes | bytearray) else type(key).__name__
                 raise CryptoError(f"key {key_id!r}: must be {KEY_SIZE} bytes (AES-256), got {size}")
-            self._aead[key_id] = AESGCM(bytes(key))
+            self._keys[key_id] = bytes(key)
             self._headers[key_id] = bytes([VERSION, len(key_id)]) + key_id.encode("ascii")
-        if current not in self._aead:
+        if current not in self._keys:
             raise CryptoError(f"current key id {current!r} is not among the keys "
-                              f"({', '.join(sorted(self._aead))})")
+                              f"({', '.join(sorted(self._keys))})")
         self.current = current
 
     @classmethod
@@ -117,13 +118,21 @@ class FieldCipher:
     @property
     def key_ids(self) -> frozenset[str]:
         """Ids of every key this cipher can decrypt with."""
-        return frozenset(self._aead)
+        return frozenset(self._keys)
+
+    def _cipher(self, key_id: str) -> Any:
+        aead = self._aead.get(key_id)
+        if aead is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            aead = self._aead[key_id] = AESGCM(self._keys[key_id])
+        return aead
 
     def encrypt(self, plaintext: str, *, aad: str) -> bytes:
         """``plaintext`` encrypted under the current key, bound to ``aad``."""
         header = self._headers[self.current]
         nonce = os.urandom(NONCE_SIZE)
-        sealed = self._aead[self.current].encrypt(nonce, plaintext.encode(), header + aad.encode())
+        sealed = self._cipher(self.current).encrypt(nonce, plaintext.encode(), header + aad.encode())
         return header + nonce + sealed
 
     def decrypt(self, blob: bytes, *, aad: str) -> str:
@@ -137,10 +146,10 @@ class FieldCipher:
         blob = bytes(blob)  # asyncpg may hand back memoryview-like buffers
         if len(blob) < header_len + NONCE_SIZE + TAG_SIZE:
             raise DecryptionError("encrypted value is truncated")
-        aead = self._aead.get(key_id)
-        if aead is None:
+        if key_id not in self._keys:
             raise UnknownKeyError(f"encrypted with key id {key_id!r}, which is not configured "
-                                  f"(known: {', '.join(sorted(self._aead))})")
+                                  f"(known: {', '.join(sorted(self._keys))})")
+        aead = self._cipher(key_id)
         nonce = blob[header_len:header_len + NONCE_SIZE]
         try:
             plain = aead.decrypt(nonce, blob[header_len + NONCE_SIZE:],
