@@ -1,7 +1,9 @@
 """One client WebSocket: frames in and out, command pipeline, backpressure, timers.
 
 Reading is driven by the socket's ``asyncio.Protocol`` (no task while idle). Commands run
-strictly in order; a task exists only while a burst of commands is being processed.
+strictly in order, synchronously as far as they can: a command whose effects must be
+awaited gets a task; a durable publish waits for its group commit without one (the
+writer calls back), and the commands queued behind it follow from that callback.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from centrifugo_bridge import codes
+from centrifugo_bridge import codes, effects
 from centrifugo_bridge.codecs import Codec
-from centrifugo_bridge.codes import Disconnect, DisconnectError
-from centrifugo_bridge.protocol import Command
-from centrifugo_bridge.session import Session
+from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
+from centrifugo_bridge.protocol import Command, Reply, StreamPosition
+from centrifugo_bridge.session import Handler, Session
 from gateway.frames import build_frame
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -38,7 +45,9 @@ class Connection:
     """A live client connection after the WebSocket handshake."""
 
     __slots__ = ("node", "transport", "ws", "session", "codec", "pending", "task",
-                 "closed", "timer_key", "client_id", "buffering", "cutoffs", "__weakref__")
+                 "closed", "timer_key", "client_id", "buffering", "cutoffs", "parked",
+                 "current", "started", "timers_stale", "own_frames", "inbuf", "max_size",
+                 "__weakref__")
 
     def __init__(self, node: Node, transport: asyncio.Transport, ws: ServerProtocol,
                  session: Session) -> None:
@@ -56,10 +65,27 @@ class Connection:
         # subscribe reply covers (see start_buffering / flush_buffered).
         self.buffering: dict[str, list[tuple[int, bytes]]] | None = None
         self.cutoffs: dict[str, int] = {}
+        # The handler of the command being run while it waits for a durable commit.
+        self.parked: Handler | None = None
+        # The command being run and when it started (metrics).
+        self.current: Command | None = None
+        self.started = 0.0
+        # A command that may have moved the session's deadlines ran: reschedule the timer.
+        self.timers_stale = False
+        # Data frames are parsed here until the first frame that needs websockets (see
+        # _own_frames); an incomplete frame waits in inbuf.
+        self.own_frames = ws.state is State.OPEN
+        self.inbuf = b""
+        limits = [n for n in (ws.max_message_size, ws.max_fragment_size) if n is not None]
+        self.max_size: int | None = min(limits) if limits else None
 
     # ---- input ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.own_frames:
+            data = self._own_frames(data)
+            if not data:
+                return
         ws = self.ws
         ws.receive_data(data)
         for frame in ws.events_received():
@@ -77,6 +103,55 @@ class Connection:
         self.ws.receive_eof()
         self._flush_ws()
 
+    def _own_frames(self, data: bytes) -> bytes:
+        """Take complete, unfragmented, masked data frames of the connection's opcode off
+        ``data`` and handle their messages; websockets' generator-based parser costs
+        several µs per frame, most of the work of a small command. Returns the bytes
+        websockets must parse instead: from the first frame that is anything else (control
+        frame, fragment, oversized, other opcode) on, and every byte after it for good — so
+        websockets sees exactly what it would have and answers as before (pong, close
+        handshake, 1002/1009)."""
+        if self.inbuf:
+            data = self.inbuf + data
+            self.inbuf = b""
+        expected = 0x82 if self.codec.binary else 0x81  # FIN, no RSV bits, text or binary
+        limit = self.max_size
+        end = len(data)
+        pos = 0
+        while pos < end:
+            if self.closed or data[pos] != expected:
+                break
+            if end - pos < 6:
+                self.inbuf = data[pos:]
+                return b""
+            second = data[pos + 1]
+            if not second & 0x80:  # unmasked: a protocol error websockets reports
+                break
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                if end - pos < 8:
+                    self.inbuf = data[pos:]
+                    return b""
+                length = int.from_bytes(data[start:start + 2], "big")
+                start += 2
+            elif length == 127:
+                break
+            if limit is not None and length > limit:
+                break
+            stop = start + 4 + length
+            if stop > end:
+                self.inbuf = data[pos:]
+                return b""
+            pos = stop
+            # UTF-8 is not checked here, as websockets' sans-I/O parser does not either: the
+            # command decoder refuses invalid text (3501).
+            self._on_message(apply_mask(data[start + 4:stop], data[start:start + 4]))
+        else:
+            return b""
+        self.own_frames = False
+        return data[pos:]
+
     def _on_message(self, data: bytes) -> None:
         try:
             commands = self.session.decode(data)
@@ -87,38 +162,111 @@ class Connection:
         if len(self.pending) > MAX_PENDING_COMMANDS:
             self.close(codes.TOO_MANY_REQUESTS_DISCONNECT)
             return
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._process())
+        if self.task is None and self.parked is None:
+            self._advance()
 
-    async def _process(self) -> None:
-        node = self.node
+    def _advance(self) -> None:
+        """Run queued commands in order, each as far as it goes without awaiting: until
+        one is handed to a task or parked on a durable commit, or none is left."""
         session = self.session
+        pending = self.pending
         try:
-            while self.pending and not self.closed:
-                cmd = self.pending.popleft()
-                started = time.perf_counter()
-                method = _method(cmd)
-                try:
-                    reply = await node.drive(session.handle(cmd, time.time()), self)
-                except DisconnectError as exc:
-                    self.close(exc.disconnect)
-                    return
-                if reply is not None and not self.closed:
-                    if reply.error is not None:
-                        node.metrics.errors.labels(str(reply.error.code)).inc()
-                    self.write_frame(build_frame(session.encode(reply), self.codec.binary))
-                if self.buffering is not None:
-                    self.flush_buffered()
-                node.metrics.command_done(method, time.perf_counter() - started)
-                if session.failed:
-                    # Centrifugo stops reading after a failed connect; the SDK closes.
-                    self.pending.clear()
-            self.reschedule()
+            while pending and not self.closed and self.task is None and self.parked is None:
+                cmd = pending.popleft()
+                self.current = cmd
+                self.started = time.perf_counter()
+                self._resume(session.handle(cmd, time.time()), None, None)
+            if self.timers_stale and self.task is None and self.parked is None:
+                self.timers_stale = False
+                self.reschedule()
         except Exception:
             log.exception("command processing failed for %s", self.client_id)
             self.close(codes.SERVER_ERROR)
+
+    def _resume(self, gen: Handler, value: object, error: BaseException | None) -> None:
+        """Step the current command's handler with ``value`` (or ``error``) until it
+        finishes, parks on a durable commit, or yields an effect a task must await."""
+        while True:
+            try:
+                effect = gen.send(value) if error is None else gen.throw(error)
+            except StopIteration as stop:
+                self._finish(stop.value)
+                return
+            except DisconnectError as exc:
+                self.close(exc.disconnect)
+                return
+            error = None
+            if type(effect) is effects.PublishToChannel:
+                try:
+                    if self.node.publish_nowait(effect, self._published):
+                        self.parked = gen
+                        return
+                except ClientError as exc:
+                    error = exc  # e.g. 111, queue full: the handler turns it into the reply
+                    continue
+                except Exception:
+                    # As Node.drive does with a failing effect.
+                    log.exception("effect %s failed", type(effect).__name__)
+                    error = codes.error(codes.INTERNAL)
+                    continue
+            self.task = asyncio.get_running_loop().create_task(self._drive(gen, effect))
+            return
+
+    def _published(self, position: StreamPosition | None, error: ClientError | None) -> None:
+        """The parked publish committed (or failed for good): reply, then go on."""
+        gen = self.parked
+        self.parked = None
+        if error is None:
+            self.node.metrics.publication("client")
+        if gen is None or self.closed:
+            return
+        try:
+            self._resume(gen, position, error)
+        except Exception:
+            log.exception("command processing failed for %s", self.client_id)
+            self.close(codes.SERVER_ERROR)
+            return
+        self._advance()
+
+    async def _drive(self, gen: Handler, effect: effects.Effect) -> None:
+        """Await the rest of a command whose effect cannot be performed synchronously."""
+        try:
+            reply = await self.node.drive(gen, self, effect)
+        except DisconnectError as exc:
+            self.close(exc.disconnect)
+            return
+        except Exception:
+            log.exception("command processing failed for %s", self.client_id)
+            self.close(codes.SERVER_ERROR)
+            return
         finally:
             self.task = None
+        if not self.closed:
+            self._finish(reply)
+            self._advance()
+
+    def _finish(self, reply: Reply | None) -> None:
+        """The current command is done: write its reply, count it."""
+        node = self.node
+        session = self.session
+        if reply is not None and not self.closed:
+            if reply.error is not None:
+                node.metrics.errors.labels(str(reply.error.code)).inc()
+            self.write_frame(build_frame(session.encode(reply), self.codec.binary))
+        if self.buffering is not None:
+            self.flush_buffered()
+        cmd = self.current
+        if cmd is not None:
+            self.current = None
+            method = _method(cmd)
+            node.metrics.command_done(method, time.perf_counter() - self.started)
+            # A publish moves none of the session's deadlines (pings, expiries); anything
+            # else may have (connect, refresh, pong, subscribe with expiry).
+            if method != "publish":
+                self.timers_stale = True
+        if session.failed:
+            # Centrifugo stops reading after a failed connect; the SDK closes.
+            self.pending.clear()
 
     # ---- subscribe-time buffering -----------------------------------------------------
 

@@ -47,10 +47,14 @@ class DurableStreams:
     """The PostgreSQL side of a node."""
 
     def __init__(self, settings: StorageSettings, deliver: Callable[[str, Publication, str], None],
-                 max_retention: float = 0.0, shared: bool = False) -> None:
+                 max_retention: float = 0.0, shared: bool = False,
+                 listening: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
         # deliver(channel, publication, epoch): called after each commit, in offset order.
         self._deliver = deliver
+        # listening(channel): whether deliver wants the channel's publications at all; a
+        # channel nobody hears skips building the wire Publication (info decoded) per row.
+        self._listening = listening
         # Several processes write the same channels: the database sequences them.
         self._shared = shared
         self._max_retention = max_retention
@@ -102,8 +106,10 @@ class DurableStreams:
 
     def _committed(self, pubs: list[StoredPublication]) -> None:
         deliver = self._deliver
+        listening = self._listening
         for pub in pubs:
-            deliver(pub.channel, to_wire(pub), pub.epoch)
+            if listening is None or listening(pub.channel):
+                deliver(pub.channel, to_wire(pub), pub.epoch)
 
     def _need_store(self) -> PublicationStore:
         if self.store is None:
@@ -126,6 +132,37 @@ class DurableStreams:
             log.exception("durable publish to %s failed", channel)
             raise codes.error(codes.INTERNAL) from None
         return StreamPosition(offset=stored.offset, epoch=stored.epoch)
+
+    def publish_nowait(self, channel: str, data: bytes, info: ClientInfo | None,
+                       done: Callable[[StreamPosition | None, ClientError | None], None]) -> bool:
+        """``publish`` without a coroutine: queue for the group commit and return. After
+        the commit (and the fan-out) ``done(position, None)`` is called from the writer, or
+        ``done(None, error)`` when it could not be stored — errors as ``publish`` raises
+        them. Refusals known at once (queue full: 111, bad input) are raised here.
+
+        Returns False, queueing nothing, when the store has to load the channel's stream
+        first: ``publish`` does that (once per channel)."""
+        store = self.store
+        if store is None:
+            return False
+
+        def committed(pub: StoredPublication | None, exc: BaseException | None) -> None:
+            if pub is not None:
+                done(StreamPosition(offset=pub.offset, epoch=pub.epoch), None)
+            else:
+                log.error("durable publish to %s failed", channel, exc_info=exc)
+                done(None, codes.error(codes.INTERNAL))
+
+        try:
+            return store.publish_nowait(channel, data, info=_encode(info) if info else None,
+                                        on_done=committed)
+        except StoreOverloaded:
+            raise ClientError(111, "too many requests", temporary=True) from None
+        except ValueError:
+            raise codes.error(codes.BAD_REQUEST) from None
+        except StoreError:
+            log.exception("durable publish to %s failed", channel)
+            raise codes.error(codes.INTERNAL) from None
 
     async def history(self, channel: str, limit: int, since: StreamPosition | None,
                       reverse: bool, retention: float) -> StreamState:

@@ -65,6 +65,8 @@ class Node:
         sub = settings.client.subscription_token
         self.sub_verifier = TokenVerifier(sub) if sub is not None else self.verifier
         self.broker: Broker = broker or self._make_broker(settings)
+        # `clustered`, remembered: asked once per committed durable publication.
+        self._shared_broker = self.clustered
         self.durable: DurableStreams | None = None
         if settings.durable:
             ch = settings.channel
@@ -74,7 +76,8 @@ class Node:
             # Partitions are dropped only when every durable namespace is past them.
             max_retention = 0.0 if 0.0 in retentions else max(retentions)
             self.durable = DurableStreams(settings.storage, self._committed, max_retention,
-                                          shared=bool(settings.redis.urls))
+                                          shared=bool(settings.redis.urls),
+                                          listening=self._hears_committed)
         # (channel, idempotency key) -> (expiry, result) for ephemeral publications.
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
         self.hub = Hub()
@@ -204,10 +207,13 @@ class Node:
 
     # ---- driving a session handler ----------------------------------------------------
 
-    async def drive(self, gen: Handler, conn: Connection) -> Any:
-        """Run a session generator to completion, performing each effect it yields."""
+    async def drive(self, gen: Handler, conn: Connection,
+                    effect: effects.Effect | None = None) -> Any:
+        """Run a session generator to completion, performing each effect it yields;
+        ``effect``: the one it already yielded when the caller started it."""
         try:
-            effect = next(gen)
+            if effect is None:
+                effect = next(gen)
             while True:
                 try:
                     value = await self.perform(effect, conn)
@@ -270,6 +276,19 @@ class Node:
                 await self.message_handler(effect.user, effect.client, effect.data)
                 return None
         raise TypeError(f"unknown effect {effect!r}")
+
+    def publish_nowait(self, effect: effects.PublishToChannel,
+                       done: Callable[[StreamPosition | None, ClientError | None], None]) -> bool:
+        """Fast path of a client's publish into a durable namespace: queued for the group
+        commit without a task; ``done(position, None)`` once committed and fanned out, or
+        ``done(None, error)`` (see ``DurableStreams.publish_nowait``); the caller counts
+        the publication (``metrics.publication("client")``) as ``publish`` would. Refusals
+        known at once raise ClientError. False: not taken (ephemeral namespace, or the
+        channel's stream still to be loaded): perform the effect instead."""
+        durable = self.durable
+        if durable is None or not effect.options.durable:
+            return False
+        return durable.publish_nowait(effect.channel, effect.data, effect.info, done)
 
     async def _subscribe(self, eff: effects.SubscribeChannel, conn: Connection) -> effects.StreamState:
         channel, opts = eff.channel, eff.options
@@ -349,6 +368,11 @@ class Node:
             self.broker.publish_committed(channel, pub, epoch)  # type: ignore[attr-defined]
         else:
             self._fan_out(channel, pub)
+
+    def _hears_committed(self, channel: str) -> bool:
+        """Whether a committed publication of ``channel`` goes anywhere: other processes
+        (through the broker), or a local subscriber."""
+        return self._shared_broker or self.hub.num_subscribers(channel) > 0
 
     def deliver_publication(self, channel: str, pub: Publication) -> None:
         if self._reorder is not None and pub.offset and self._is_durable(channel):

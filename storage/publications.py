@@ -24,7 +24,15 @@ import msgspec
 
 from storage.partitions import PartitionManager
 from storage.types import BatchStats, StoredPublication
-from storage.writer import BatchWriter, Item, Record, WriteMethod
+from storage.writer import BatchWriter, Item, Notify, Record, WriteMethod
+
+try:
+    # asyncpg's own UUID (a uuid.UUID subclass): built from bytes ~10x faster than
+    # uuid.UUID, and what asyncpg returns for uuid columns anyway.
+    from asyncpg.pgproto.pgproto import UUID as _FastUUID
+except ImportError:  # pragma: no cover - other asyncpg builds
+    def _FastUUID(raw: bytes) -> uuid.UUID:
+        return uuid.UUID(bytes=raw)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,62 @@ def jsonb_text(payload: bytes) -> str | None:
     return payload.decode()
 
 
+_Columns = tuple[bytes, str | None, bytes | None, bytes | None, str | None,
+                 dict[str, str] | None, str | None]
+"""A validated publication: data, data as jsonb text (or None and data_raw), info and its
+jsonb text, tags and their jsonb text."""
+
+
+def _validate(channel: str, data: bytes, info: bytes | None, tags: dict[str, str] | None,
+              offset: int | None, epoch: str | None) -> _Columns:
+    """Check what PostgreSQL must accept and encode the JSON columns; ValueError if not."""
+    if "\x00" in channel:
+        raise ValueError("channel names cannot contain NUL")
+    if (offset is None) != (epoch is None):
+        raise ValueError("give both offset and epoch, or neither")
+    data = bytes(data)
+    data_json = jsonb_text(data)
+    data_raw = None if data_json is not None else data
+    info_json: str | None = None
+    if info is not None:
+        info = bytes(info)
+        info_json = jsonb_text(info)
+        if info_json is None:
+            raise ValueError("info must be JSON without NUL characters")
+    tags = tags or None
+    tags_json: str | None = None
+    if tags is not None:
+        tags_json = msgspec.json.encode(tags).decode()
+        if "\\u0000" in tags_json:
+            raise ValueError("tags cannot contain NUL characters")
+    return data, data_json, data_raw, info, info_json, tags, tags_json
+
+
+class PublicationIds:
+    """Unique publication ids, cheaper than ``uuid4()`` per publication (1.7 µs, mostly
+    ``os.urandom``): UUIDv7 layout (RFC 9562) whose high 64 bits — the Unix time in ms when
+    the generator was created, version 7, 12 random bits — are fixed per generator, and whose
+    low 64 bits are the variant and a 62-bit counter from a random start.
+
+    Two generators collide only if created in the same millisecond with the same 12 random
+    bits and overlapping counter ranges out of 2**62: never in practice. Ids of one
+    generator increase, so they land at the right edge of the ``id`` index instead of on
+    random pages of it."""
+
+    __slots__ = ("_high", "_next")
+
+    def __init__(self) -> None:
+        millis = time.time_ns() // 1_000_000
+        self._high = ((millis & (2**48 - 1)) << 16 | 0x7000 | secrets.randbits(12)) << 64
+        self._next = secrets.randbits(62)
+
+    def new(self) -> uuid.UUID:
+        """The next id."""
+        n = self._next
+        self._next = (n + 1) & (2**62 - 1)
+        return _FastUUID((self._high | 1 << 63 | n).to_bytes(16, "big"))
+
+
 class _Stream:
     """A channel's epoch, last allocated offset and last committed offset."""
 
@@ -140,6 +204,7 @@ class PublicationStore:
         # transaction and the position is always read from the database.
         self._sequence_in_db = sequence_in_db
         self._streams: dict[str, _Stream] = {}
+        self._ids = PublicationIds()
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._idempotency_window = idempotency_window
         self._idempotent: collections.OrderedDict[
@@ -193,7 +258,13 @@ class PublicationStore:
         if key is not None:
             self._idempotency_remember(key, future)
         try:
-            item = await self._prepare(channel, data, info, tags, offset, epoch, future)
+            # Refuse bad input before the stream is loaded (created) for it.
+            columns = _validate(channel, data, info, tags, offset, epoch)
+            if (offset is None or epoch is None) and not self._sequence_in_db:
+                while channel not in self._streams:
+                    await self._load(channel)
+            # From here to the submit no await: allocation and queueing in one step.
+            item = self._prepare(channel, columns, offset, epoch, future)
             self._writer.submit(item)
         except BaseException as exc:
             if key is not None and self._idempotent.get(key, (0.0, None))[1] is future:
@@ -210,41 +281,35 @@ class PublicationStore:
             return await asyncio.shield(future)
         return await future
 
-    async def _prepare(self, channel: str, data: bytes, info: bytes | None,
-                       tags: dict[str, str] | None, offset: int | None, epoch: str | None,
-                       future: asyncio.Future[StoredPublication]) -> Item:
-        """Validate, allocate the offset and build the queued item (no await after the
-        allocation: it and the submit must happen in one event-loop step)."""
-        if "\x00" in channel:
-            raise ValueError("channel names cannot contain NUL")
-        if (offset is None) != (epoch is None):
-            raise ValueError("give both offset and epoch, or neither")
-        data = bytes(data)
-        data_json = jsonb_text(data)
-        data_raw = None if data_json is not None else data
-        info_json: str | None = None
-        if info is not None:
-            info = bytes(info)
-            info_json = jsonb_text(info)
-            if info_json is None:
-                raise ValueError("info must be JSON without NUL characters")
-        tags = tags or None
-        tags_json: str | None = None
-        if tags is not None:
-            tags_json = msgspec.json.encode(tags).decode()
-            if "\\u0000" in tags_json:
-                raise ValueError("tags cannot contain NUL characters")
+    def publish_nowait(self, channel: str, data: bytes, *, info: bytes | None = None,
+                       tags: dict[str, str] | None = None,
+                       on_done: Callable[[StoredPublication | None, BaseException | None], None],
+                       ) -> bool:
+        """Queue a publication without a coroutine or a Future: ``on_done(pub, None)`` is
+        called from the writer once its transaction committed (after ``on_committed``, in
+        offset order, like ``publish`` returning), or ``on_done(None, error)`` if it could
+        not be stored.
+
+        Returns False, queueing nothing, when the channel's stream is not in memory yet
+        (``publish`` loads it). Raises at once what ``publish`` raises before queueing:
+        StoreOverloaded, StoreClosed, ValueError."""
+        if not self._sequence_in_db and channel not in self._streams:
+            return False
+        columns = _validate(channel, data, info, tags, None, None)
+        self._writer.submit(self._prepare(channel, columns, None, None, Notify(on_done)))
+        return True
+
+    def _prepare(self, channel: str, columns: _Columns, offset: int | None, epoch: str | None,
+                 future: asyncio.Future[StoredPublication] | Notify) -> Item:
+        """Allocate the offset and build the queued item. Synchronous: the allocation and
+        the caller's submit happen in one event-loop step. The stream must be loaded unless
+        the offset is given or the database sequences it."""
+        data, data_json, data_raw, info, info_json, tags, tags_json = columns
         self._writer.check_capacity()
         if (offset is None or epoch is None) and self._sequence_in_db:
             offset, epoch = 0, ""  # given by the transaction (see BatchWriter)
         elif offset is None or epoch is None:
-            stream = self._streams.get(channel)
-            while stream is None:
-                await self._load(channel)
-                # Re-read: an idle stream may be evicted between the load and our turn.
-                stream = self._streams.get(channel)
-            # The load awaited: the queue may have filled meanwhile.
-            self._writer.check_capacity()
+            stream = self._streams[channel]
             stream.allocated += 1
             offset = stream.allocated
             epoch = stream.epoch
@@ -253,7 +318,7 @@ class PublicationStore:
             if stream is not None and stream.epoch == epoch and offset > stream.allocated:
                 stream.allocated = offset
         created_at = datetime.now(UTC)
-        pub_id = uuid.uuid4()
+        pub_id = self._ids.new()
         pub = StoredPublication(channel=channel, offset=offset, epoch=epoch, id=pub_id, data=data,
                                 info=info, tags=tags, created_at=created_at)
         record: Record = (channel, offset, epoch, pub_id, data_json, data_raw, info_json,

@@ -64,11 +64,23 @@ _INSERT_UNNEST = (
     "$5::jsonb[], $6::bytea[], $7::jsonb[], $8::jsonb[], $9::timestamptz[])")
 
 # Channels sorted: writers of different processes touching the same streams lock their rows
-# in one order and cannot deadlock each other.
+# in one order and cannot deadlock each other. The tops travel as one JSON array of
+# [channel, epoch, top] (json_array_elements keeps its order): asyncpg encodes text[]
+# parameters element by element with ABC isinstance checks, several µs per channel.
 _UPSERT_TOPS = (
     "INSERT INTO channel_streams AS s (channel, epoch, top) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
+    "SELECT t->>0, t->>1, (t->>2)::bigint FROM json_array_elements($1::json) AS t "
     "ON CONFLICT (channel) DO UPDATE SET top = GREATEST(s.top, EXCLUDED.top)")
+
+# The same, its JSON inlined as a dollar-quoted literal so that it and COMMIT travel in one
+# simple query: a round trip less per transaction (see _write_once).
+_TOPS_TAG = "$sentchat_tops$"
+_UPSERT_TOPS_AND_COMMIT = (  # the value goes in dollar-quoted; its tag is checked absent
+    "INSERT INTO channel_streams AS s (channel, epoch, top) "  # noqa: S608
+    f"SELECT t->>0, t->>1, (t->>2)::bigint FROM json_array_elements({_TOPS_TAG}%s{_TOPS_TAG}::json) "
+    "AS t ON CONFLICT (channel) DO UPDATE SET top = GREATEST(s.top, EXCLUDED.top); COMMIT")
+
+_encode_json = msgspec.json.Encoder().encode
 
 # Sequencing in the database (several processes write one channel): create missing streams,
 # then lock the batch's stream rows in channel order until COMMIT. Concurrent writers of a
@@ -103,11 +115,53 @@ WriteMethod = Literal["copy", "insert"]
 
 
 class Item(NamedTuple):
-    """A queued publication: what is returned, the row written, who waits."""
+    """A queued publication: what is returned, the row written, who waits (a Future, or a
+    ``Notify`` callback)."""
 
     pub: StoredPublication
     record: Record
-    future: asyncio.Future[StoredPublication]
+    future: asyncio.Future[StoredPublication] | Notify
+
+
+class Notify:
+    """Completion of one queued publication as a plain callback: the part of the Future
+    interface the writer uses (``done``, ``set_result``, ``set_exception``, ``exception``).
+    A caller that is not a coroutine (the gateway's publish fast path) is told of its commit
+    by one call from the writer, instead of a Future whose waiter is a task woken up
+    through the event loop. ``fn(pub, None)`` after the commit, ``fn(None, error)`` when the
+    row will never be stored."""
+
+    __slots__ = ("_fn", "_done")
+
+    def __init__(self, fn: Callable[[StoredPublication | None, BaseException | None], None]) -> None:
+        self._fn = fn
+        self._done = False
+
+    def done(self) -> bool:
+        """Whether the outcome was already delivered."""
+        return self._done
+
+    def set_result(self, pub: StoredPublication) -> None:
+        """The row committed."""
+        self._call(pub, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        """The row will not be stored."""
+        self._call(None, error)
+
+    def exception(self) -> None:
+        """Nothing to mark as retrieved (Future compatibility)."""
+        return None
+
+    def _call(self, pub: StoredPublication | None, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._fn(pub, error)
+        except Exception:
+            # The writer's loop must go on: one broken waiter cannot fail the others.
+            log.exception("commit callback failed")
 
 
 class _Permanent(Exception):
@@ -365,14 +419,18 @@ class BatchWriter:
         sequenced it)."""
         if self._sequence_in_db:
             return await self._write_sequenced(conn, batch, in_doubt)
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+        # Four round trips: BEGIN with the lock, COPY (two), the tops with COMMIT. Each one
+        # waits for a turn of the event loop, which under load is busy with the publishers'
+        # sockets: round trips, more than PostgreSQL, set the length of a commit cycle.
+        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(self._lock_key)})")
+        try:
             if in_doubt:
                 first = batch[0].pub
                 if await conn.fetchval(_BATCH_PRESENT, first.created_at, first.channel,
                                        first.offset, first.id):
                     log.info("batch of %d publications had committed before the error",
                              len(batch))
+                    await conn.execute("COMMIT")
                     return batch
             await self._copy(conn, [item.record for item in batch])
             tops: dict[str, tuple[str, int]] = {}
@@ -381,9 +439,15 @@ class BatchWriter:
                 known = tops.get(pub.channel)
                 if known is None or pub.offset > known[1]:
                     tops[pub.channel] = (pub.epoch, pub.offset)
-            channels = sorted(tops)
-            await conn.execute(_UPSERT_TOPS, channels, [tops[c][0] for c in channels],
-                               [tops[c][1] for c in channels])
+            rows = _encode_json([(c, *tops[c]) for c in sorted(tops)]).decode()
+            if _TOPS_TAG not in rows:
+                await conn.execute(_UPSERT_TOPS_AND_COMMIT % rows)
+            else:  # a channel name holding the quote tag: as a parameter, then COMMIT
+                await conn.execute(_UPSERT_TOPS, rows)
+                await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
         return batch
 
     async def _copy(self, conn: asyncpg.Connection, records: list[Record]) -> None:
@@ -439,6 +503,17 @@ class BatchWriter:
                 await self._pool.release(conn)
             except Exception:  # a broken connection: the pool replaces it anyway
                 log.debug("releasing the writer connection failed", exc_info=True)
+
+
+async def _rollback(conn: asyncpg.Connection) -> None:
+    """End a failed transaction begun with a plain BEGIN, if the connection still works (a
+    broken one is dropped by the retry path anyway)."""
+    if _closed(conn) or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception:
+        log.debug("rollback of a failed batch failed", exc_info=True)
 
 
 def _fail(item: Item, error: BaseException) -> None:
