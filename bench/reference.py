@@ -12,9 +12,13 @@ load, so SENTchat's figures can be stated as ratios to it:
   subscribe commands) is scanned for ``subscribe`` channels, then it gets one reply per
   command id so the bench client sees the same handshake as with SENTchat;
 - ``POST /api/publish`` on the private port with ``{"channel": C, "data": D}`` writes
-  ``{"push":{"channel":C,"pub":{"data":D}}}`` — encoded once — to every local subscriber of C
-  and answers ``{"result":{}}``. The bench posts each publication to every worker's port
-  (there is no broker to carry it between workers).
+  ``{"push":{"channel":C,"pub":{"data":D}}}`` — encoded and framed once, the same bytes
+  written to each subscriber's transport (``--fanout broadcast``: `websockets.broadcast`,
+  which frames it per connection) — to every local subscriber of C
+  and answers ``{"result":{}}``; ``POST /api/batch`` (``{"commands":[{"publish":{…}}, …]}``)
+  does that for each command in order. Pipelined requests are answered in order. The bench
+  posts each publication to every worker's port (there is no broker to carry it between
+  workers).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import argparse
 import asyncio
 import gc
 import signal
+import struct
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.protocol import OPEN
 
 Subscribers = dict[str, set[ServerConnection]]
 
@@ -75,12 +81,39 @@ def make_handler(subs: Subscribers) -> Any:
     return handler
 
 
+FANOUT = "frame"  # or "broadcast": set by --fanout
+
+
+def _fan_out(subs: Subscribers, msg: dict[str, Any]) -> None:
+    channel = msg["channel"]
+    members = subs.get(channel)
+    if not members:
+        return
+    push = orjson.dumps({"push": {"channel": channel, "pub": {"data": msg["data"]}}})
+    if FANOUT == "broadcast":
+        broadcast(members, push.decode())
+        return
+    # One unmasked text frame built once, the same bytes written to every subscriber's
+    # transport (as SENTchat's hub does); websockets still runs each connection's
+    # handshake, pings and close.
+    n = len(push)
+    head = bytes((0x81, n)) if n < 126 else (
+        struct.pack("!BBH", 0x81, 126, n) if n < 65536 else struct.pack("!BBQ", 0x81, 127, n))
+    frame = head + push
+    for ws in list(members):
+        if ws.protocol.state is OPEN:
+            ws.transport.write(frame)
+
+
 async def _publish_api(subs: Subscribers, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
-    """Keep-alive HTTP/1.1: one POST /api/publish after another."""
-    ok = b'{"result":{}}'
-    ok_response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(ok), ok)
+    """Keep-alive HTTP/1.1 (pipelined requests answered in order): POST /api/publish, or
+    POST /api/batch with {"commands": [{"publish": {...}}, ...]} run in order."""
+    def response(body: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body), body)
+
+    ok_response = response(b'{"result":{}}')
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -90,12 +123,15 @@ async def _publish_api(subs: Subscribers, reader: asyncio.StreamReader,
                     length = int(line[15:])
             body = await reader.readexactly(length)
             msg = orjson.loads(body)
-            channel = msg["channel"]
-            members = subs.get(channel)
-            if members:
-                frame = orjson.dumps({"push": {"channel": channel, "pub": {"data": msg["data"]}}})
-                broadcast(members, frame.decode())
-            writer.write(ok_response)
+            if head.startswith(b"POST /api/batch "):
+                replies = []
+                for cmd in msg["commands"]:
+                    _fan_out(subs, cmd["publish"])
+                    replies.append(b'{"publish":{}}')
+                writer.write(response(b'{"replies":[' + b",".join(replies) + b"]}"))
+            else:
+                _fan_out(subs, msg)
+                writer.write(ok_response)
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
     finally:
@@ -124,7 +160,13 @@ def cli(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--api-port", type=int, required=True)
+    ap.add_argument("--fanout", choices=("frame", "broadcast"), default="frame",
+                    help="frame: the push framed once, the same bytes written to every "
+                         "subscriber's transport (default); broadcast: websockets.broadcast(), "
+                         "which frames it again for every connection")
     args = ap.parse_args(argv)
+    global FANOUT
+    FANOUT = args.fanout
     uvloop.run(main(args.host, args.port, args.api_port))
 
 

@@ -25,6 +25,7 @@ import base64
 import contextlib
 import gc
 import hashlib
+import heapq
 import hmac
 import json
 import math
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
@@ -45,25 +48,35 @@ from urllib.parse import urlsplit
 import orjson
 import uvloop
 
+try:  # the bench extra's matplotlib brings numpy; without it deliveries are absorbed in Python
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
+
 from bench.common import (
+    CLK_TCK,
+    NBUCKETS,
     ROOT,
+    SUB_BITS,
     GatewayProcess,
     Histogram,
     bucket_bounds,
-    bucket_index,
     children_of,
     client_frame,
     free_port,
     machine_info,
+    machine_jiffies,
     merge_counts,
     parse_server_frames,
     proc_comm,
+    process_table,
     rss_kb,
     socket_inodes,
     split_evenly,
     sum_cpu,
     sum_rss,
     tcp_inodes,
+    tree_cpu_seconds,
 )
 
 WS_PATH = "/connection/websocket"
@@ -72,6 +85,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 GROUP_PREFIX = "group:g-"
 PERSONAL_PREFIX = "personal:#"
 USER_PREFIX = "bench-"
+GROUP_PREFIX_B = GROUP_PREFIX.encode()
+PERSONAL_PREFIX_B = (PERSONAL_PREFIX + USER_PREFIX).encode()
 # A process here cannot hold 20,000 sockets (machine-facts.md): leave room for the rest.
 SOCKETS_PER_PROCESS = 19_000
 # Latency over time and per-phase figures are kept per window of this many seconds.
@@ -129,7 +144,11 @@ def hs256(secret: str, claims: dict[str, Any]) -> str:
 
 
 class Stats:
-    """What one client process measures."""
+    """What one client process measures.
+
+    A delivery costs the hot path three appends to ``rec`` (send time, receive time, sequence
+    number); :meth:`absorb` turns the pending records into histograms in bulk (numpy when it
+    is installed) every progress tick and before the result is sent."""
 
     def __init__(self, origin_ns: int, broadcast: bool) -> None:
         self.origin_ns = origin_ns
@@ -152,12 +171,99 @@ class Stats:
         self.other_pushes = 0
         self.pings = 0
         self.bcast: dict[int, list[int]] = {}  # seq -> [deliveries, max latency µs]
+        # (sent ns, received ns, broadcast seq or -1) per delivery not yet absorbed
+        self.rec = array("q")
 
     def fail(self, reason: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + 1
 
+    def absorb(self) -> None:
+        """Fold the pending delivery records into the histograms."""
+        rec = self.rec
+        if not rec:
+            return
+        self.rec = array("q")
+        if np is None:
+            for i in range(0, len(rec), 3):
+                self._absorb_one(rec[i], rec[i + 1], rec[i + 2])
+            return
+        a = np.frombuffer(rec, dtype=np.int64).reshape(-1, 3)
+        sent, now, seq = a[:, 0], a[:, 1], a[:, 2]
+        lat = np.maximum((now - sent) // 1000, 0)
+        b = bucket_index_np(lat)
+        w = (sent - self.origin_ns) // 1_000_000_000
+        rw = (now - self.origin_ns) // 1_000_000_000
+        for h in (self.latency, self.recent):
+            _fold(h, b, lat)
+        for wk in np.unique(w).tolist():
+            sel = w == wk
+            h = self.windows.get(wk)
+            if h is None:
+                h = self.windows[wk] = Histogram()
+            _fold(h, b[sel], lat[sel])
+            last = int(now[sel].max())
+            if last > self.window_last_ns.get(wk, 0):
+                self.window_last_ns[wk] = last
+        keys, counts = np.unique(rw, return_counts=True)
+        for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+            self.recv_windows[k] = self.recv_windows.get(k, 0) + c
+        if self.broadcast:
+            sel = seq >= 0
+            for k in np.unique(seq[sel]).tolist():
+                one = lat[seq == k]
+                rec1 = self.bcast.setdefault(k, [0, 0])
+                rec1[0] += int(one.size)
+                rec1[1] = max(rec1[1], int(one.max()))
+
+    def _absorb_one(self, sent: int, now: int, seq: int) -> None:
+        lat = max(0, (now - sent) // 1000)
+        self.latency.record(lat)
+        self.recent.record(lat)
+        w = (sent - self.origin_ns) // 1_000_000_000
+        h = self.windows.get(w)
+        if h is None:
+            h = self.windows[w] = Histogram()
+        h.record(lat)
+        if now > self.window_last_ns.get(w, 0):
+            self.window_last_ns[w] = now
+        rw = (now - self.origin_ns) // 1_000_000_000
+        self.recv_windows[rw] = self.recv_windows.get(rw, 0) + 1
+        if self.broadcast and seq >= 0:
+            rec1 = self.bcast.setdefault(seq, [0, 0])
+            rec1[0] += 1
+            rec1[1] = max(rec1[1], lat)
+
+
+def bucket_index_np(v: Any) -> Any:
+    """:func:`bench.common.bucket_index` over a numpy array of non-negative µs values."""
+    bl = np.frexp(v.astype(np.float64))[1].astype(np.int64)  # bit_length (0 for 0)
+    s = np.maximum(bl - SUB_BITS, 0)
+    return np.minimum((s << (SUB_BITS - 1)) + (v >> s), NBUCKETS - 1)
+
+
+def _fold(h: Histogram, b: Any, lat: Any) -> None:
+    """Add the values ``lat`` (bucket indexes ``b``) to ``h``."""
+    if not lat.size:
+        return
+    idx, cnt = np.unique(b, return_counts=True)
+    counts = h.counts
+    for i, c in zip(idx.tolist(), cnt.tolist(), strict=True):
+        counts[i] += c
+    h.n += int(lat.size)
+    h.total += int(lat.sum())
+    mx, mn = int(lat.max()), int(lat.min())
+    if mx > h.max:
+        h.max = mx
+    if h.min < 0 or mn < h.min:
+        h.min = mn
+
 
 PONG = client_frame(b"{}")
+_time_ns = time.time_ns
+PUSH_HEAD = b'{"push":{"channel":"'
+PUSH_HEAD_LEN = len(PUSH_HEAD)
+DATA_HEAD = b'"data":{"s":'
+DATA_HEAD_LEN = len(DATA_HEAD)
 
 
 class SatClient(asyncio.Protocol):
@@ -171,8 +277,9 @@ class SatClient(asyncio.Protocol):
         self.st = st
         self.user = user
         self.group = group
-        self.gname = group_channel(group)
-        self.pname = personal_channel(user)
+        # bytes: a delivery's channel is compared as it comes off the wire
+        self.gname = group_channel(group).encode()
+        self.pname = personal_channel(user).encode()
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.upgraded = False
@@ -183,7 +290,7 @@ class SatClient(asyncio.Protocol):
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.ws_key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
             client_frame(orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})
-                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": self.gname}})),
+                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": group_channel(group)}})),
         )
         self.ready = ready
         self.t0 = time.perf_counter()
@@ -198,8 +305,62 @@ class SatClient(asyncio.Protocol):
         self.transport.write(self.hello[0])
 
     def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
+        now = _time_ns()
         buf = self.buf
+        if self.upgraded and not buf and data[0] == 0x81:
+            # The hot path, inlined: this read is exactly one unfragmented text frame holding
+            # one publication push as both servers write it — {"push":{"channel":C,"pub":
+            # {"data":{"s":SEQ,"t":SENT,...}...}}}, the publisher's data verbatim — read by
+            # position, no JSON parse. Anything else takes the general path below.
+            ln = data[1]
+            if ln < 126:
+                off = 2
+            elif ln == 126 and len(data) > 4:
+                off, ln = 4, (data[2] << 8) | data[3]
+            else:
+                off = 0
+            if off and len(data) == ln + off and data.startswith(PUSH_HEAD, off) and b"\n" not in data:
+                end = data.find(b'"', off + PUSH_HEAD_LEN)
+                i = data.find(DATA_HEAD, end)
+                j = data.find(b',"t":', i) if i > 0 else -1
+                k = data.find(b",", j + 5) if j > 0 else -1
+                if k > 0:
+                    try:
+                        seq, sent = int(data[i + DATA_HEAD_LEN: j]), int(data[j + 5: k])
+                    except ValueError:
+                        pass
+                    else:
+                        channel = data[off + PUSH_HEAD_LEN: end]
+                        st = self.st
+                        if channel == self.gname:
+                            seen = self.gseen
+                            if seq > self.gmax:
+                                self.gmax = seq
+                            elif not (seq < len(seen) and seen[seq]):
+                                st.reordered += 1
+                            mark = seq if st.broadcast else -1
+                        elif channel == self.pname:
+                            seen = self.pseen
+                            if seq > self.pmax:
+                                self.pmax = seq
+                            elif not (seq < len(seen) and seen[seq]):
+                                st.reordered += 1
+                            mark = -1
+                        else:
+                            st.misrouted += 1
+                            return
+                        if seq >= len(seen):
+                            seen.extend(bytes(seq + 1 - len(seen)))
+                        elif seen[seq]:
+                            st.duplicates += 1
+                            return
+                        seen[seq] = 1
+                        rec = st.rec
+                        rec.append(sent)
+                        rec.append(now)
+                        rec.append(mark)
+                        st.received += 1
+                        return
         buf += data
         if not self.upgraded:
             end = buf.find(b"\r\n\r\n")
@@ -252,50 +413,75 @@ class SatClient(asyncio.Protocol):
                 self.transport.abort()
 
     def _on_text(self, payload: bytes, now: int) -> None:
-        st = self.st
-        for line in payload.split(b"\n") if b"\n" in payload else (payload,):
-            if line == b"{}":  # server ping: answer with an empty command
-                st.pings += 1
-                self.transport.write(PONG)  # type: ignore[union-attr]
-                continue
-            try:
-                msg = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                st.protocol_errors += 1
-                continue
-            push = msg.get("push")
-            if push is not None:
-                pub = push.get("pub")
-                if pub is None:
-                    st.other_pushes += 1
-                    continue
-                self._on_publication(push.get("channel"), pub["data"], now)
-                continue
-            rid = msg.get("id")
-            err = msg.get("error")
-            if err is not None:
-                self._fail(f"{'connect' if rid == 1 else 'subscribe'} error {err.get('code')} "
-                           f"{err.get('message', '')}".strip())
-                return
-            if rid == 2 and not self.ready.done():
-                st.connect.record(int((time.perf_counter() - self.t0) * 1e6))
-                self.ready.set_result(None)
+        if b"\n" in payload:
+            for line in payload.split(b"\n"):
+                self._on_line(line, now)
+        else:
+            self._on_line(payload, now)
 
-    def _on_publication(self, channel: str, data: dict[str, Any], now: int) -> None:
+    def _on_line(self, line: bytes, now: int) -> None:
+        # A publication push as both servers write it — {"push":{"channel":C,"pub":{"data":
+        # {"s":SEQ,"t":SENT,...}...}}} with the publisher's data verbatim — is read by
+        # position (no JSON parse per delivery); anything else is parsed as JSON.
+        if line.startswith(PUSH_HEAD):
+            end = line.find(b'"', PUSH_HEAD_LEN)
+            i = line.find(DATA_HEAD, end)
+            if end > 0 and i > 0:
+                j = line.find(b',"t":', i)
+                k = line.find(b",", j + 5) if j > 0 else -1
+                if k > 0:
+                    try:
+                        seq, sent = int(line[i + DATA_HEAD_LEN: j]), int(line[j + 5: k])
+                    except ValueError:
+                        pass
+                    else:
+                        self._on_publication(line[PUSH_HEAD_LEN:end], seq, sent, now)
+                        return
         st = self.st
-        seq = data["s"]
+        if line == b"{}":  # server ping: answer with an empty command
+            st.pings += 1
+            self.transport.write(PONG)  # type: ignore[union-attr]
+            return
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            st.protocol_errors += 1
+            return
+        push = msg.get("push")
+        if push is not None:
+            pub = push.get("pub")
+            if pub is None:
+                st.other_pushes += 1
+                return
+            data = pub["data"]
+            self._on_publication(str(push.get("channel")).encode(), data["s"], data["t"], now)
+            return
+        rid = msg.get("id")
+        err = msg.get("error")
+        if err is not None:
+            self._fail(f"{'connect' if rid == 1 else 'subscribe'} error {err.get('code')} "
+                       f"{err.get('message', '')}".strip())
+            return
+        if rid == 2 and not self.ready.done():
+            st.connect.record(int((time.perf_counter() - self.t0) * 1e6))
+            self.ready.set_result(None)
+
+    def _on_publication(self, channel: bytes, seq: int, sent: int, now: int) -> None:
+        st = self.st
         if channel == self.gname:
             seen = self.gseen
             if seq > self.gmax:
                 self.gmax = seq
             elif not (seq < len(seen) and seen[seq]):
                 st.reordered += 1
+            mark = seq if st.broadcast else -1
         elif channel == self.pname:
             seen = self.pseen
             if seq > self.pmax:
                 self.pmax = seq
             elif not (seq < len(seen) and seen[seq]):
                 st.reordered += 1
+            mark = -1
         else:
             st.misrouted += 1
             return
@@ -305,37 +491,11 @@ class SatClient(asyncio.Protocol):
             st.duplicates += 1
             return
         seen[seq] = 1
-        sent = data["t"]
-        lat = (now - sent) // 1000
-        b = bucket_index(lat)
-        for h in (st.latency, st.recent):
-            h.counts[b] += 1
-            h.n += 1
-            h.total += lat
-            if lat > h.max:
-                h.max = lat
-        w = (sent - st.origin_ns) // 1_000_000_000
-        h = st.windows.get(w)
-        if h is None:
-            h = st.windows[w] = Histogram()
-        h.counts[b] += 1
-        h.n += 1
-        h.total += lat
-        if lat > h.max:
-            h.max = lat
-        if now > st.window_last_ns.get(w, 0):
-            st.window_last_ns[w] = now
-        rw = (now - st.origin_ns) // 1_000_000_000
-        st.recv_windows[rw] = st.recv_windows.get(rw, 0) + 1
+        rec = st.rec
+        rec.append(sent)
+        rec.append(now)
+        rec.append(mark)
         st.received += 1
-        if st.broadcast and channel == self.gname:
-            rec = st.bcast.get(seq)
-            if rec is None:
-                st.bcast[seq] = [1, lat]
-            else:
-                rec[0] += 1
-                if lat > rec[1]:
-                    rec[1] = lat
 
 
 def expected_seqs(index: int, modulus: int, total: int, failed: set[int]) -> tuple[int, set[int]]:
@@ -381,6 +541,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     async def progress() -> None:
         while True:
             await asyncio.sleep(cfg["progress_s"])
+            st.absorb()
             recent, st.recent = st.recent, Histogram()
             os.set_blocking(pipe.fileno(), True)
             pipe.send(("progress", {"ready": st.ready, "failed": sum(st.failed.values()),
@@ -474,6 +635,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
                 m = missing(c)
                 lost += m
                 incomplete += m > 0
+            st.absorb()
             ru = os.times()
             os.set_blocking(pipe.fileno(), True)  # see _inbox: the result can be large
             pipe.send(("result", {
@@ -627,8 +789,9 @@ class ReferenceTarget(Target):
 
     name = "reference"
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, fanout: str = "frame") -> None:
         self.workers = workers
+        self.fanout = fanout
         self.port = free_port()
         self.api_ports = [free_port() for _ in range(workers)]
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -637,7 +800,8 @@ class ReferenceTarget(Target):
     def start(self, timeout: float) -> None:
         for api in self.api_ports:
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.reference", "--port", str(self.port), "--api-port", str(api)],
+                [sys.executable, "-m", "bench.reference", "--port", str(self.port), "--api-port", str(api),
+                 "--fanout", self.fanout],
                 cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + timeout
         while len(listening_pids(self.port)) < self.workers or not all(
@@ -669,7 +833,9 @@ class ReferenceTarget(Target):
         return {"workers": [p.pid for p in self.procs], "supervisor": [], "valkey": []}
 
     def describe(self) -> str:
-        return f"bare reference: {self.workers} websockets (asyncio, uvloop) workers, no protocol/broker/storage"
+        how = "frame built once per publication" if self.fanout == "frame" else "websockets.broadcast()"
+        return (f"bare reference: {self.workers} websockets (asyncio, uvloop) workers ({how}), "
+                "no protocol/broker/storage")
 
 
 # ---- publisher ---------------------------------------------------------------------------
@@ -702,72 +868,202 @@ class Schedule:
         raise IndexError(j)
 
 
-async def publish(target: Target, sched: Schedule, channels: int, users: int, publishers: int,
-                  payload_bytes: int, call_timeout: float) -> dict[str, Any]:
-    """Drive both publication streams through `POST /api/publish` on keep-alive connections,
-    one request at a time per connection: group channel c always by connection c mod K, all
-    personal publications by one connection, so every channel's publications go in order."""
-    endpoints = target.publish_endpoints()
-    calls, lag = Histogram(), Histogram()
-    errors: dict[str, int] = {}
-    failed: dict[str, list[int]] = {"g": [], "p": []}
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection to the server API with pipelined requests: a request
+    is written when it is due (open loop: no waiting for the previous answer), a reader task
+    takes the answers off in order. A broken connection fails what it had in flight and is
+    reopened for later requests."""
 
-    async def one_stream(kind: str, seqs: list[int]) -> None:
-        conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [None] * len(endpoints)
+    def __init__(self, host: str, port: int, api_key: str, timeout: float, max_pending: int,
+                 out: dict[str, Any]) -> None:
+        self.host, self.port, self.timeout, self.max_pending = host, port, timeout, max_pending
+        self.head = b"Host: %s:%d\r\nX-API-Key: %s\r\nContent-Type: application/json\r\n" % (
+            host.encode(), port, api_key.encode())
+        self.out = out  # shared: calls histogram, errors, failed sets
+        self.writer: asyncio.StreamWriter | None = None
+        self.backlog: list[bytes] = []
+        self.pending: deque[tuple[list[tuple[str, int]], int, bool]] = deque()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.work = asyncio.Event()
+        self.closing = False
+        self.task: asyncio.Task[None] | None = None
 
-        async def call(i: int, body: bytes) -> None:
-            host, port = endpoints[i]
-            if conns[i] is None:
-                conns[i] = await asyncio.wait_for(asyncio.open_connection(host, port), call_timeout)
-            reader, writer = conns[i]  # type: ignore[misc]
-            writer.write(b"POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\nX-API-Key: %s\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (host.encode(), port, target.api_key.encode(), len(body), body))
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), call_timeout)
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            resp = await asyncio.wait_for(reader.readexactly(length), call_timeout)
-            if head[9:12] != b"200" or not resp.startswith(b'{"result"'):
-                raise RuntimeError(f"HTTP {head[9:12].decode()} {resp[:100].decode(errors='replace')}")
+    def send(self, batch: bool, body: bytes, items: list[tuple[str, int]], sent: int) -> None:
+        req = b"POST /api/%s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            b"batch" if batch else b"publish", self.head, len(body), body)
+        self.pending.append((items, sent, batch))
+        self.idle.clear()
+        self.work.set()
+        if len(self.pending) >= self.max_pending:
+            self.room.clear()
+        if self.writer is not None:
+            self.writer.write(req)
+        else:
+            self.backlog.append(req)
 
-        for j in seqs:
-            due = sched.due(kind, j)
-            delay = due - time.time_ns()
-            if delay > 0:
-                await asyncio.sleep(delay / 1e9)
-            if kind == "g":
-                channel, seq = group_channel(j % channels), j // channels
-            else:
-                channel, seq = personal_channel(j % users), j // users
-            sent = time.time_ns()
-            data = b'{"s":%d,"t":%d,"p":"' % (seq, sent)
-            body = (b'{"channel":"' + channel.encode() + b'","data":' + data
-                    + b"x" * max(0, payload_bytes - len(data) - 2) + b'"}}')
-            lag.record(max(0, (sent - due) // 1000))
+    def _fail_pending(self, why: str) -> None:
+        errors, failed = self.out["errors"], self.out["failed"]
+        while self.pending:
+            items, _, _ = self.pending.popleft()
+            errors[why] = errors.get(why, 0) + len(items)
+            for kind, j in items:
+                failed[kind].add(j)
+        self.idle.set()
+        self.room.set()
+
+    async def run(self) -> None:
+        calls, errors, failed = self.out["calls"], self.out["errors"], self.out["failed"]
+        while not (self.closing and not self.pending):
             try:
-                await asyncio.gather(*(call(i, body) for i in range(len(endpoints))))
-                calls.record((time.time_ns() - sent) // 1000)
-            except (TimeoutError, OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
-                key = f"{type(exc).__name__}: {exc}"[:160]
-                errors[key] = errors.get(key, 0) + 1
-                failed[kind].append(j)
-                for i, c in enumerate(conns):
-                    if c is not None:
-                        c[1].close()
-                        conns[i] = None
-        for c in conns:
-            if c is not None:
-                c[1].close()
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
+                                                        self.timeout)
+            except (TimeoutError, OSError) as exc:
+                self._fail_pending(f"connect: {type(exc).__name__}: {exc}"[:160])
+                self.backlog.clear()
+                if self.closing:
+                    return
+                await asyncio.sleep(0.5)
+                continue
+            self.writer = writer
+            for req in self.backlog:
+                writer.write(req)
+            self.backlog.clear()
+            try:
+                while not (self.closing and not self.pending):
+                    if not self.pending:
+                        self.work.clear()
+                        await self.work.wait()
+                        continue
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line[:15].lower() == b"content-length:":
+                            length = int(line[15:])
+                    resp = await asyncio.wait_for(reader.readexactly(length), self.timeout)
+                    items, sent, batch = self.pending.popleft()
+                    calls.record((time.time_ns() - sent) // 1000)
+                    bad = _reply_errors(head, resp, batch, len(items))
+                    for n, why in bad:
+                        errors[why] = errors.get(why, 0) + 1
+                        failed[items[n][0]].add(items[n][1])
+                    if len(self.pending) < self.max_pending:
+                        self.room.set()
+                    if not self.pending:
+                        self.idle.set()
+            except (TimeoutError, OSError, RuntimeError, ValueError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError) as exc:
+                self._fail_pending(f"{type(exc).__name__}: {exc}"[:160])
+            finally:
+                self.writer = None
+                writer.close()
 
+
+def _reply_errors(head: bytes, resp: bytes, batch: bool, n: int) -> list[tuple[int, str]]:
+    """(item index, reason) for each publication of a request that was not accepted."""
+    if head[9:12] != b"200":
+        why = f"HTTP {head[9:12].decode()} {resp[:100].decode(errors='replace')}"
+        return [(i, why) for i in range(n)]
+    if not batch:
+        if resp.startswith(b'{"result"'):
+            return []
+        return [(0, f"publish: {resp[:100].decode(errors='replace')}")]
+    if b'"error"' not in resp and resp.startswith(b'{"replies"'):
+        return [] if resp.count(b'{"publish":') == n else [(i, "batch: bad reply") for i in range(n)]
+    replies = orjson.loads(resp).get("replies") or []
+    out = [(i, f"batch: {orjson.dumps(r.get('error'))[:100].decode()}")
+           for i, r in enumerate(replies) if "error" in r]
+    return out + [(i, "batch: reply missing") for i in range(len(replies), n)]
+
+
+async def publish(target: Target, sched: Schedule, channels: int, users: int, publishers: int,
+                  payload_bytes: int, call_timeout: float, batch_max: int = 1,
+                  max_pending: int = 256) -> dict[str, Any]:
+    """Drive both publication streams through the server HTTP API, open loop: at each tick
+    every publication that is due is written — `POST /api/publish` one by one, or with
+    ``batch_max`` > 1 up to that many in one `POST /api/batch` — pipelined on keep-alive
+    connections without waiting for earlier answers. Group channel c always goes by
+    connection c mod K and all personal publications by one more connection, so every
+    channel's publications reach the server in order (it answers a connection's requests in
+    order, and runs a batch's commands in order). A publication's ``t`` is the time its
+    request is written; the lag behind its scheduled time is recorded separately (it grows
+    only when a connection has ``max_pending`` requests unanswered)."""
+    endpoints = target.publish_endpoints()
+    out: dict[str, Any] = {"calls": Histogram(), "errors": {}, "failed": {"g": set(), "p": set()}}
+    lag = Histogram()
     k = max(1, min(publishers, channels))
-    streams = [one_stream("g", [j for j in range(sched.group_total) if (j % channels) % k == i])
-               for i in range(k)]
-    if sched.personal_total:
-        streams.append(one_stream("p", list(range(sched.personal_total))))
-    await asyncio.gather(*streams)
-    return {"calls": calls, "lag": lag, "errors": errors, "failed": failed}
+    slots = [[HttpConn(h, p, target.api_key, call_timeout, max_pending, out) for h, p in endpoints]
+             for _ in range(k + (1 if sched.personal_total else 0))]
+    for slot in slots:
+        for c in slot:
+            c.task = asyncio.get_running_loop().create_task(c.run())
+    pad = b"x" * payload_bytes
+
+    def stream(kind: str) -> Any:
+        for ph in sched.phases:
+            first, n = (ph["g0"], ph["gn"]) if kind == "g" else (ph["p0"], ph["pn"])
+            rate = ph["group_rate"] if kind == "g" else ph["personal_rate"]
+            for j in range(first, first + n):
+                yield ph["start_ns"] + int((j - first) * 1e9 / rate), kind, j
+
+    due_items = heapq.merge(stream("g"), stream("p"))
+    nxt = next(due_items, None)
+    try:
+        while nxt is not None:
+            now = time.time_ns()
+            if nxt[0] > now:
+                await asyncio.sleep((nxt[0] - now) / 1e9)
+                continue
+            by_slot: dict[int, list[tuple[str, int, int]]] = {}
+            while nxt is not None and nxt[0] <= now:
+                due, kind, j = nxt
+                slot = (j % channels) % k if kind == "g" else k
+                by_slot.setdefault(slot, []).append((kind, j, due))
+                nxt = next(due_items, None)
+            for slot, todo in by_slot.items():
+                for c in slots[slot]:
+                    if not c.room.is_set():
+                        await c.room.wait()
+                for b0 in range(0, len(todo), batch_max):
+                    chunk = todo[b0: b0 + batch_max]
+                    sent = time.time_ns()
+                    parts = []
+                    for kind, j, due in chunk:
+                        if kind == "g":
+                            channel, seq = GROUP_PREFIX_B + b"%d" % (j % channels), j // channels
+                        else:
+                            channel, seq = PERSONAL_PREFIX_B + b"%d" % (j % users), j // users
+                        data = b'{"s":%d,"t":%d,"p":"' % (seq, sent)
+                        parts.append(b'{"channel":"' + channel + b'","data":' + data
+                                     + pad[: max(0, payload_bytes - len(data) - 2)] + b'"}}')
+                        lag.record(max(0, (sent - due) // 1000))
+                    if len(parts) == 1 and batch_max == 1:
+                        batch, body = False, parts[0]
+                    else:
+                        batch = True
+                        body = b'{"commands":[' + b",".join(b'{"publish":' + x + b"}" for x in parts) + b"]}"
+                    items = [(kind, j) for kind, j, _ in chunk]
+                    for c in slots[slot]:
+                        c.send(batch, body, items, sent)
+            await asyncio.sleep(0)
+        # every answer, or the call timeout
+        conns = [c for slot in slots for c in slot]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(c.idle.wait() for c in conns)), call_timeout)
+        for c in conns:
+            c._fail_pending("no answer before the end of the run")
+    finally:
+        for slot in slots:
+            for c in slot:
+                c.closing = True
+                if c.task is not None:
+                    c.task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await c.task
+    return {"calls": out["calls"], "lag": lag, "errors": out["errors"],
+            "failed": {k2: sorted(v) for k2, v in out["failed"].items()}}
 
 
 # ---- one run against one target ----------------------------------------------------------
@@ -943,9 +1239,11 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
             phases = []
         sched = Schedule(start_ns, phases, args.phase_gap)
         ticker.phase = "publish"
+        cpu0 = (process_table(), machine_jiffies(), time.monotonic())
         pub = await publish(target, sched, args.channels, n, args.publishers, args.payload_bytes,
-                            args.timeout) if phases else {"calls": Histogram(), "lag": Histogram(),
-                                                           "errors": {}, "failed": {"g": [], "p": []}}
+                            args.timeout, args.batch, args.max_pending) if phases else {
+            "calls": Histogram(), "lag": Histogram(), "errors": {}, "failed": {"g": [], "p": []}}
+        out["cpu_while_publishing"] = _cpu_account(cpu0, target, pool)
         ticker.phase = "drain"
         pool.send(("finish", {"group_failed": pub["failed"]["g"], "personal_failed": pub["failed"]["p"],
                               "group_total": sched.group_total, "personal_total": sched.personal_total,
@@ -958,6 +1256,44 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
     out.update(summarize(results, sched, pub, rss0, rss_idle, rss_end, held, n, args, origin_ns))
     out["timeline"] = {"t0_unix": round(origin_ns / 1e9, 3), "points": ticker.series}
     return out
+
+
+def _cpu_account(cpu0: tuple[dict[int, tuple[int, int]], dict[int, int], float], target: Target,
+                 pool: ClientPool) -> dict[str, Any]:
+    """Where the machine's CPU went between ``cpu0`` and now: the server's processes, the
+    client processes, this process (the publisher), and everything outside the bench (other
+    users of a shared machine), in CPU seconds."""
+    t0, j0, m0 = cpu0
+    t1, j1 = process_table(), machine_jiffies()
+    p = target.processes()
+
+    def cpu(pids: list[int]) -> float:
+        return sum(max(0, t1[x][1] - t0.get(x, (0, 0))[1]) for x in pids if x in t1) / CLK_TCK
+
+    server, valkey = cpu(p["workers"] + p["supervisor"]), cpu(p["valkey"])
+    clients = cpu([c.pid for c in pool.children if c.pid])
+    ours = tree_cpu_seconds(t0, t1, [os.getpid()])
+    ours += sum(0.0 if x in _tree_pids(t1, os.getpid()) else cpu([x])
+                for x in p["workers"] + p["supervisor"] + p["valkey"])
+    tasks = (j1["tasks"] - j0["tasks"]) / CLK_TCK
+    elapsed = time.monotonic() - m0
+    return {"seconds": round(elapsed, 2),
+            "machine_busy_cores": round((j1["busy"] - j0["busy"]) / max(1, j1["total"] - j0["total"])
+                                        * (os.cpu_count() or 1), 2),
+            "server_s": round(server, 2), "valkey_s": round(valkey, 2), "clients_s": round(clients, 2),
+            "publisher_s": round(cpu([os.getpid()]), 2),
+            "other_processes_s": round(max(0.0, tasks - ours), 2)}
+
+
+def _tree_pids(table: dict[int, tuple[int, int]], root: int) -> set[int]:
+    ours, changed = {root}, True
+    while changed:
+        changed = False
+        for pid, (ppid, _) in table.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                changed = True
+    return ours
 
 
 def _ms(us: float) -> float:
@@ -1257,6 +1593,14 @@ def report_run(name: str, run: dict[str, Any]) -> list[str]:
              f"  latency (ms)     P50 {lat['p50']:.2f}  P95 {lat['p95']:.2f}  P99 {lat['p99']:.2f}  max {lat['max']:.2f}",
              f"  server CPU       {s['cpu_s_connect']:.1f} s connecting, {s['cpu_s_publish']:.1f} s publishing"
              + (f" (+ Valkey {s['valkey_cpu_s_publish']:.1f} s)" if s["valkey_cpu_s_publish"] else "")]
+    cw = run.get("cpu_while_publishing")
+    if cw and cw["seconds"]:
+        per = 1e6 / d["received"] if d["received"] else 0.0
+        lines.append(f"  CPU publishing   {cw['seconds']:.1f} s, machine busy {cw['machine_busy_cores']:.2f} cores: "
+                     f"server {cw['server_s']:.1f} s ({cw['server_s'] * per:.1f} us/delivery)"
+                     + (f" + Valkey {cw['valkey_s']:.1f} s" if cw["valkey_s"] else "")
+                     + f", clients {cw['clients_s']:.1f} s ({cw['clients_s'] * per:.1f} us/delivery), "
+                     f"publisher {cw['publisher_s']:.1f} s, other processes {cw['other_processes_s']:.1f} s")
     for ph in run["phases"]:
         pl = ph["latency_ms"]
         lines.append(f"  phase {ph['group_rate']:>7,.0f} pub/s  offered {ph['offered_deliveries_per_s']:>9,.0f}"
@@ -1339,6 +1683,13 @@ def build_saturate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--phase-gap", type=float, default=2.0, help="seconds between phases (default 2)")
     ap.add_argument("--publishers", type=int, default=16,
                     help="HTTP connections publishing group channels (default 16)")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="publications per HTTP request: 1 = one POST /api/publish each (default); "
+                         "N > 1 = the publications due at one tick on one connection, up to N per "
+                         "POST /api/batch")
+    ap.add_argument("--max-pending", type=int, default=256,
+                    help="unanswered pipelined requests per publishing connection before the "
+                         "publisher waits (and falls behind schedule; default 256)")
     ap.add_argument("--payload-bytes", type=int, default=100, help="publication data size (default 100)")
     ap.add_argument("--drain-timeout", type=float, default=30.0,
                     help="seconds to wait for deliveries after the last publication (default 30)")
@@ -1349,6 +1700,11 @@ def build_saturate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--broadcast-interval", type=float, default=2.0)
     ap.add_argument("--reference", action="store_true",
                     help="then run the identical load against the bare reference server")
+    ap.add_argument("--reference-fanout", choices=("frame", "broadcast"), default="frame",
+                    help="the reference's fan-out: frame = framed once, the same bytes written to "
+                         "every subscriber (default); broadcast = websockets.broadcast()")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="run only the bare reference (what the harness and this machine can do)")
     ap.add_argument("--max-seconds", type=float, default=0,
                     help="hard bound for the whole command (default: computed from the load)")
     ap.add_argument("--no-plots", action="store_true")
@@ -1377,7 +1733,7 @@ def _bound(args: argparse.Namespace) -> float:
                   + len(args.rates) * (args.duration + args.phase_gap)
                   + (args.broadcasts * args.broadcast_interval if args.broadcast else 0)
                   + args.drain_timeout + 60)
-    return per_target * (2 if args.reference else 1) + 60
+    return per_target * (2 if args.reference and not args.reference_only else 1) + 60
 
 
 def _out_path(args: argparse.Namespace, kind: str) -> Path:
@@ -1422,13 +1778,17 @@ def saturate(argv: list[str] | None = None) -> int:
         make: Callable[[], Target] = lambda: ExternalTarget(args.url, args.secret, args.api_key)  # noqa: E731
     else:
         make = lambda: SentchatTarget(args.workers, args.redis)  # noqa: E731
-    result["runs"]["sentchat"] = _run_target(make, args, "sentchat")
-    if args.reference:
-        workers = result["runs"]["sentchat"]["server"]["worker_processes"] or args.workers
+    if not args.reference_only:
+        result["runs"]["sentchat"] = _run_target(make, args, "sentchat")
+    if args.reference or args.reference_only:
+        workers = (result["runs"]["sentchat"]["server"]["worker_processes"] if "sentchat" in result["runs"]
+                   else 0) or args.workers
         args.max_seconds = max(60.0, args.max_seconds - (time.monotonic() - started))
-        result["runs"]["reference"] = _run_target(lambda: ReferenceTarget(workers), args, "reference")
-        result["ratios"] = compare(result["runs"]["sentchat"], result["runs"]["reference"])
-    result["targets"] = targets(result)
+        result["runs"]["reference"] = _run_target(lambda: ReferenceTarget(workers, args.reference_fanout), args,
+                                                   "reference")
+        if "sentchat" in result["runs"]:
+            result["ratios"] = compare(result["runs"]["sentchat"], result["runs"]["reference"])
+    result["targets"] = targets(result) if "sentchat" in result["runs"] else {}
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     out = _out_path(args, "saturate-broadcast" if args.broadcast else "saturate")
     out.parent.mkdir(parents=True, exist_ok=True)
