@@ -178,20 +178,32 @@ async def pg_dsn(server_dirs: Callable[[str], Path]) -> AsyncIterator[str]:
         await server.stop()
 
 
+async def _admin(pg_dsn: str, sql: str) -> None:
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
+
+
+async def create_database(pg_dsn: str, prefix: str = "test") -> str:
+    """A new, empty database on the session's server; returns its DSN."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    await _admin(pg_dsn, f'CREATE DATABASE "{name}" TEMPLATE template0')
+    return with_database(pg_dsn, name)
+
+
+async def drop_database(dsn: str) -> None:
+    """Drop a database made by create_database (connections to it are ended)."""
+    name = urlsplit(dsn).path.lstrip("/")
+    await _admin(with_database(dsn, "postgres"), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def empty_dsn(pg_dsn: str) -> AsyncIterator[str]:
     """DSN of a new, empty database, dropped after the test."""
-    name = f"test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg_dsn)
+    dsn = await create_database(pg_dsn)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        yield dsn
     finally:
-        await admin.close()
-    try:
-        yield with_database(pg_dsn, name)
-    finally:
-        admin = await asyncpg.connect(pg_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(dsn)

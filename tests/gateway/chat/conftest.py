@@ -16,8 +16,8 @@ import pytest
 from centrifuge import Client
 
 from gateway.cli import DEFAULT_CONFIG
-from gateway.config import load_settings
-from tests.conftest import API_KEY, SECRET, Server, start_server, stop_server, with_database
+from gateway.config import Settings, load_settings
+from tests.conftest import API_KEY, SECRET, Server, create_database, drop_database, start_server, stop_server
 from tests.sdk import ClientEvents, Sdk
 
 
@@ -78,27 +78,29 @@ async def rpc(client: Client, method: str, **params: Any) -> Any:
     return result.data
 
 
-@pytest.fixture(scope="session")
-async def chat(pg_dsn: str) -> AsyncIterator[ChatEnv]:
-    """One chat-enabled gateway for the session (its own database)."""
-    name = f"chat_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    finally:
-        await admin.close()
-    dsn = with_database(pg_dsn, name)
-    settings, _ = load_settings(DEFAULT_CONFIG, environ={}, overrides={
+def chat_settings(dsn: str, **more: Any) -> Settings:
+    """The embedded default config (chat on) with the test secrets and ``dsn``;
+    ``more``: further overrides as ``section__key=value``."""
+    overrides: dict[tuple[str, ...], Any] = {
         ("client", "token", "hmac_secret_key"): SECRET,
         ("http_api", "key"): API_KEY,
         ("storage", "postgres_dsn"): dsn,
         ("chat", "encryption_keys"): {"k1": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
         ("chat", "encryption_key_id"): "k1",
-    })
-    srv = await start_server(settings)
+    }
+    overrides.update({tuple(k.split("__")): v for k, v in more.items()})
+    return load_settings(DEFAULT_CONFIG, environ={}, overrides=overrides)[0]
+
+
+@pytest.fixture(scope="session")
+async def chat(pg_dsn: str) -> AsyncIterator[ChatEnv]:
+    """One chat-enabled gateway for the session (its own database)."""
+    dsn = await create_database(pg_dsn, "chat")
+    srv = await start_server(chat_settings(dsn))
     env = ChatEnv(srv, dsn)
     try:
         yield env
     finally:
         await env.sdk.close()
         await stop_server(srv)
+        await drop_database(dsn)

@@ -4,31 +4,16 @@ other, and a kick on one node ends the subscription held on the other."""
 
 from __future__ import annotations
 
-import secrets
-
-import asyncpg
 from centrifuge import ReplyError
 
-from gateway.cli import DEFAULT_CONFIG
-from gateway.config import load_settings
-from tests.conftest import API_KEY, SECRET, start_server, stop_server, with_database
-from tests.gateway.chat.conftest import ChatEnv, rpc
+from tests.conftest import create_database, drop_database, start_server, stop_server
+from tests.gateway.chat.conftest import ChatEnv, chat_settings, rpc
 from tests.sdk import Sdk, eventually
 
 
 async def test_two_nodes_share_the_chat(pg_dsn: str, redis_urls: list[str]) -> None:
-    name = f"chatc_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    finally:
-        await admin.close()
-    dsn = with_database(pg_dsn, name)
-    settings = [load_settings(DEFAULT_CONFIG, environ={}, overrides={
-        ("client", "token", "hmac_secret_key"): SECRET, ("http_api", "key"): API_KEY,
-        ("storage", "postgres_dsn"): dsn, ("redis", "urls"): redis_urls,
-        ("chat", "encryption_keys"): {"k1": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
-        ("chat", "encryption_key_id"): "k1"})[0] for _ in range(2)]
+    dsn = await create_database(pg_dsn, "chatc")
+    settings = [chat_settings(dsn, redis__urls=redis_urls) for _ in range(2)]
     one = await start_server(settings[0])
     two = await start_server(settings[1])
     sdk = Sdk(protobuf=False)
@@ -74,3 +59,4 @@ async def test_two_nodes_share_the_chat(pg_dsn: str, redis_urls: list[str]) -> N
         await sdk.close()
         await stop_server(one)
         await stop_server(two)
+        await drop_database(dsn)
