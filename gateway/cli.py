@@ -13,7 +13,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,17 +211,22 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> None:
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    import asyncpg
-
     from storage.migrate import migrate
+
+    return await _on_database(settings, "nothing to migrate", migrate)
+
+
+async def _on_database(settings: Settings, missing: str, job: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``job(connection)`` on the configured (or embedded) PostgreSQL."""
+    import asyncpg
 
     async with postgres_for(settings):
         if not settings.storage.postgres_dsn:
-            raise ConfigError("config key storage.postgres_dsn: nothing to migrate (no DSN "
+            raise ConfigError(f"config key storage.postgres_dsn: {missing} (no DSN "
                               "and no durable namespace)")
         conn = await asyncpg.connect(settings.storage.postgres_dsn)
         try:
-            return await migrate(conn)
+            return await job(conn)
         finally:
             await conn.close()
 
@@ -238,19 +243,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _audit_verify(settings: Settings) -> Any:
-    import asyncpg
 
     from storage.audit import verify
 
-    async with postgres_for(settings):
-        if not settings.storage.postgres_dsn:
-            raise ConfigError("config key storage.postgres_dsn: no database to verify (no DSN "
-                              "and no durable namespace)")
-        conn = await asyncpg.connect(settings.storage.postgres_dsn)
-        try:
-            return await verify(conn)
-        finally:
-            await conn.close()
+    return await _on_database(settings, "no database to verify", verify)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
