@@ -1,0 +1,107 @@
+"""The saturate client's delivery bookkeeping, without a server: pushes read by position on
+the hot path and by JSON otherwise must count the same (order, duplicates, misrouting), and
+the bulk histogram must bucket exactly like bench.common.bucket_index."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+
+import orjson
+import pytest
+
+from bench.common import bucket_index, client_frame, parse_server_frames
+from bench.saturate import SatClient, Stats, bucket_index_np
+
+
+def server_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    return (bytes((0x81, n)) if n < 126 else struct.pack("!BBH", 0x81, 126, n)) + payload
+
+
+def sentchat_push(channel: str, seq: int, sent: int, offset: int) -> bytes:
+    return (b'{"push":{"channel":"%s","pub":{"data":{"s":%d,"t":%d,"p":"%s"},"offset":%d}}}'
+            % (channel.encode(), seq, sent, b"x" * 80, offset))
+
+
+def reference_push(channel: str, seq: int, sent: int) -> bytes:
+    data = orjson.loads(b'{"s":%d,"t":%d,"p":"%s"}' % (seq, sent, b"x" * 80))
+    return orjson.dumps({"push": {"channel": channel, "pub": {"data": data}}})
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        pass
+
+
+def make_client(broadcast: bool = False) -> tuple[SatClient, Stats]:
+    loop = asyncio.new_event_loop()
+    ready = loop.create_future()
+    ready.set_result(None)
+    st = Stats(time.time_ns() - 10**9, broadcast)
+    c = SatClient(st, "127.0.0.1:1", "/connection/websocket", 7, 3, "token", ready)
+    c.transport = _Transport()  # type: ignore[assignment]
+    c.upgraded = True
+    loop.close()
+    return c, st
+
+
+def test_hot_path_and_json_path_count_alike() -> None:
+    c, st = make_client()
+    now = time.time_ns()
+    c.data_received(server_frame(reference_push("group:g-3", 0, now)))  # reference shape
+    c.data_received(server_frame(sentchat_push("group:g-3", 1, now, 2)))  # SENTchat shape
+    # two pushes in one frame (newline-separated) and two frames in one read: general path
+    c.data_received(server_frame(sentchat_push("group:g-3", 2, now, 3) + b"\n"
+                                 + sentchat_push("group:g-3", 3, now, 4)))
+    c.data_received(server_frame(sentchat_push("group:g-3", 4, now, 5))
+                    + server_frame(sentchat_push("personal:#bench-7", 0, now, 1)))
+    assert (st.received, st.duplicates, st.reordered, st.misrouted) == (6, 0, 0, 0)
+    c.data_received(server_frame(sentchat_push("group:g-3", 4, now, 5)))  # duplicate
+    c.data_received(server_frame(sentchat_push("group:g-3", 9, now, 10)))
+    c.data_received(server_frame(sentchat_push("group:g-3", 8, now, 9)))  # older than 9
+    c.data_received(server_frame(sentchat_push("group:g-4", 0, now, 1)))  # not ours
+    # a frame split over two reads
+    frame = server_frame(sentchat_push("group:g-3", 10, now, 11))
+    c.data_received(frame[:50])
+    c.data_received(frame[50:])
+    assert (st.received, st.duplicates, st.reordered, st.misrouted) == (9, 1, 1, 1)
+    assert c.gseen[:11] == bytearray([1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1])
+    # a server ping is answered with an empty command
+    c.data_received(server_frame(b"{}"))
+    assert st.pings == 1 and c.transport.written[-1][:2] == client_frame(b"{}")[:2]  # type: ignore[union-attr]
+    st.absorb()
+    assert st.latency.n == 9 and sum(st.recv_windows.values()) == 9 and not st.rec
+
+
+def test_broadcast_records_per_publication() -> None:
+    c, st = make_client(broadcast=True)
+    c.gname = b"group:g-0"
+    now = time.time_ns()
+    for seq in range(3):
+        c.data_received(server_frame(sentchat_push("group:g-0", seq, now - 5_000_000, seq + 1)))
+    st.absorb()
+    assert sorted(st.bcast) == [0, 1, 2] and all(v[0] == 1 and v[1] >= 5000 for v in st.bcast.values())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_bulk_buckets_match_bucket_index(seed: int) -> None:
+    np = pytest.importorskip("numpy")
+    rnd = random.Random(seed)
+    values = [0, 1, 63, 64, 127, 128, 129, 255, 256, 2**40 - 1, 2**40, 2**45]
+    values += [rnd.randrange(0, 2**41) for _ in range(20_000)] + list(range(3000))
+    assert bucket_index_np(np.array(values, dtype=np.int64)).tolist() == [bucket_index(v) for v in values]
+
+
+def test_parse_server_frames_unchanged() -> None:
+    buf = bytearray(server_frame(b"a") + server_frame(b"b" * 200))
+    frames, error = parse_server_frames(buf)
+    assert error is None and [p for _, p in frames] == [b"a", b"b" * 200] and not buf
