@@ -42,7 +42,8 @@ from cent.exceptions import CentApiResponseError, CentTransportError, CentUnauth
 from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import API_KEY, Server
+from tests.conftest import API_KEY, Server, standard_settings
+from tests.sdk import SubEvents as Recorded
 
 WAIT = 5.0  # guard against hangs only; nothing asserts on durations
 
@@ -569,6 +570,42 @@ async def test_batch_parallel_with_cent(api: AsyncClient) -> None:
     res = await api.batch(BatchRequest(parallel=True, requests=[
         PublishRequest(channel=ch, data={"ch": ch}) for ch in channels]))
     assert [r.offset for r in res.replies] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_batch_of_publishes_keeps_sequential_order(
+        broker: str, make_server: Any, redis_urls: list[str], http: aiohttp.ClientSession) -> None:
+    """A sequential batch issues its run of publishes back to back (one broker round trip),
+    with exactly the offsets and delivery order of one-by-one execution; a history read
+    after the run sees all of them."""
+    settings = standard_settings()
+    if broker == "redis":
+        settings["redis"] = {"urls": redis_urls}
+    srv = await make_server(settings)
+    channel = f"chat:order-{uid()}"
+    seen: list[int] = []
+    events = Recorded()
+    client = Client(srv.ws_url, token=srv.token("orderly"), proxy=None)
+    sub = client.new_subscription(channel, events)
+    await client.connect()
+    await sub.subscribe()
+    await sub.ready(timeout=10)
+    try:
+        commands = [{"publish": {"channel": channel, "data": {"n": n}}} for n in range(300)]
+        commands.insert(150, {"history": {"channel": channel, "limit": -1}})
+        status, body = await raw_api(http, srv, "batch", {"commands": commands})
+        assert status == 200
+        replies = json.loads(body)["replies"]
+        offsets = [r["publish"]["offset"] for r in replies if "publish" in r]
+        assert offsets == list(range(1, 301))
+        history = replies[150]["history"]["publications"]
+        assert [p["data"]["n"] for p in history] == list(range(150))
+        while len(seen) < 300:
+            ctx = await events.next("publication")
+            seen.append(ctx.pub.data["n"])
+        assert seen == list(range(300))
+    finally:
+        await client.disconnect()
 
 
 async def test_batch_error_reply_breaks_cent(api: AsyncClient) -> None:
