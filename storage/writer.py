@@ -5,7 +5,9 @@ One writer task takes up to ``max_batch`` queued rows at most every ``flush_inte
 (COPY into the partitioned parent, plus the streams' new tops). Only after COMMIT returns
 does it call ``on_committed`` (fan-out) and resolve the publishers' futures, in queue
 order, which is per-channel offset order. Batches are written one at a time, so commit
-order is queue order too.
+order is queue order too. The publishers of a committed batch are told a chunk per
+event-loop turn while the next batch is being written (each batch's are all told before
+the next batch's fan-out), so replying overlaps writing.
 
 Failures:
 
@@ -51,6 +53,11 @@ BACKOFF_MAX_S = 2.0
 PARTITION_FIX_ATTEMPTS = 3
 """Creating a missing partition and retrying: more failures mean the rows are out of any
 range we can create (e.g. a wrong clock), which is not transient."""
+
+RESOLVE_CHUNK = 32
+"""Committed rows whose publishers are told per event-loop turn: telling one may be a
+reply written to a socket (a ``Notify`` callback, ~10 µs), and a batch holds hundreds.
+Between chunks the loop serves the next transaction's round trips (see _tell)."""
 
 WRITER_IDLE_TX_TIMEOUT = "60s"
 """The server ends a writer transaction left idle this long (a vanished client), so a retry
@@ -237,6 +244,9 @@ class BatchWriter:
         self._wakeup: asyncio.Future[None] | None = None
         self._linger: asyncio.Future[None] | None = None
         self._closing = False
+        # Committed and fanned out, publishers not yet told (queue order); see _tell.
+        self._committed: collections.deque[Item] = collections.deque()
+        self._telling: asyncio.Handle | None = None
         # Unique per writer: the in-doubt check must wait for OUR previous transaction only.
         self._lock_key = secrets.randbits(62)
         self.stats = BatchStats()
@@ -303,6 +313,7 @@ class BatchWriter:
             while True:
                 if not queue:
                     if self._closing:
+                        self._tell_all()
                         return
                     self._wakeup = loop.create_future()
                     try:
@@ -328,6 +339,8 @@ class BatchWriter:
                 await self._commit(batch)
                 batch = []
         except BaseException as exc:
+            # Committed rows are acknowledged whatever happens next.
+            self._tell_all()
             # Cancelled (close timed out) or a bug: nobody may wait forever.
             error = StoreClosed("the publication store stopped") if isinstance(
                 exc, asyncio.CancelledError) else StoreError(f"batch writer failed: {exc!r}")
@@ -366,12 +379,38 @@ class BatchWriter:
             _fail(item, StoreError(f"publication could not be stored: {cause}"))
             return
         pubs = [item.pub for item in batch]
+        # The previous batch's publishers first: results go out in commit order.
+        self._tell_all()
         try:
             self._on_committed(pubs)
         except Exception:
             # Committed is committed: a failing subscriber hook must not un-acknowledge it.
             log.exception("on_committed hook failed")
-        for item in batch:
+        self._committed.extend(batch)
+        self._tell()
+
+    def _tell(self) -> None:
+        """Resolve up to RESOLVE_CHUNK committed rows, and come back on the next loop turn
+        for the rest. The writer meanwhile starts the next transaction: its round trips
+        are served between chunks, so replying to one batch overlaps writing the next
+        instead of delaying it by the whole batch's reply work."""
+        self._telling = None
+        committed = self._committed
+        for _ in range(min(RESOLVE_CHUNK, len(committed))):
+            item = committed.popleft()
+            if not item.future.done():
+                item.future.set_result(item.pub)
+        if committed:
+            self._telling = asyncio.get_running_loop().call_soon(self._tell)
+
+    def _tell_all(self) -> None:
+        """Resolve every committed row now (before the next batch's, at close, on failure)."""
+        if self._telling is not None:
+            self._telling.cancel()
+            self._telling = None
+        committed = self._committed
+        while committed:
+            item = committed.popleft()
             if not item.future.done():
                 item.future.set_result(item.pub)
 

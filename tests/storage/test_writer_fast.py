@@ -65,3 +65,33 @@ def test_publication_ids_are_unique_uuid7_and_increasing() -> None:
                for i in ids)
     assert ids == sorted(ids) and len(set(ids)) == 1000
     assert not set(ids) & {b.new() for _ in range(1000)}
+
+
+async def test_publishers_of_large_batches_are_told_in_commit_order(pool: asyncpg.Pool) -> None:
+    # More rows than RESOLVE_CHUNK per batch, several batches: the writer tells them a
+    # chunk per loop turn while it writes the next batch, still in offset order, each
+    # after its batch was fanned out.
+    from storage.writer import RESOLVE_CHUNK
+
+    total = RESOLVE_CHUNK * 6 + 5
+    fanned_out: set[int] = set()
+    store = PublicationStore(pool, max_batch=RESOLVE_CHUNK * 2 + 3,
+                             on_committed=lambda pubs: fanned_out.update(p.offset for p in pubs))
+    try:
+        await store.publish("big", b"{}")
+        told: list[int] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_done(pub: StoredPublication | None, exc: BaseException | None) -> None:
+            assert pub is not None and exc is None and pub.offset in fanned_out
+            told.append(pub.offset)
+            if len(told) == total:
+                done.set_result(None)
+
+        for i in range(total):
+            assert store.publish_nowait("big", b'{"i": %d}' % i, on_done=on_done)
+        await asyncio.wait_for(done, 20)
+        assert told == list(range(2, total + 2))
+        assert store.stats.batches >= 4
+    finally:
+        await store.close()
