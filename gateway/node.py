@@ -34,6 +34,7 @@ from gateway.reorder import Reorder
 from gateway.timers import TimerWheel
 
 if TYPE_CHECKING:
+    from gateway.chat import ChatLoader
     from gateway.chat.binding import ChatHttp
     from gateway.chat.service import ChatService
 
@@ -93,6 +94,7 @@ class Node:
         # The chat product (issue 5), when `chat.enabled`.
         self.chat: ChatService | None = None
         self.chat_http: ChatHttp | None = None
+        self.chat_loader: ChatLoader | None = None
         # Told (user, True) when a user's first connection on this node registers and
         # (user, False) after its last one closed here.
         self.online_listener: Callable[[str, bool], None] | None = None
@@ -133,14 +135,11 @@ class Node:
                 raise RuntimeError("durable namespaces need storage.postgres_dsn")
             await self.durable.start(dsn)
         if self.settings.chat.enabled:
-            # The chat product's tables come with the same migrations as the durable store.
-            from gateway.chat.binding import ChatHttp, install_rpc
-            from gateway.chat.service import ChatService
+            # The chat product's tables come with the same migrations as the durable store;
+            # the service itself starts with the first chat call (gateway/chat/__init__.py).
+            from gateway.chat import ChatLoader
 
-            self.chat = ChatService(self, self.settings.chat)
-            await self.chat.start(self.settings.storage.postgres_dsn)
-            install_rpc(self, self.chat)
-            self.chat_http = ChatHttp(self, self.chat)
+            self.chat_loader = ChatLoader(self)
         await self.broker.start(self)
         self.timers.start()
         if self.clustered:
@@ -158,8 +157,8 @@ class Node:
             conn.close(codes.SHUTDOWN)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self.chat is not None:
-            await self.chat.stop()
+        if self.chat_loader is not None:
+            await self.chat_loader.stop()
         if self.durable is not None:
             await self.durable.close()
         await self.broker.close()

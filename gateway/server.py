@@ -152,10 +152,11 @@ class GatewayProtocol(asyncio.Protocol):
             status, payload = await self.api.call(path[len(API_PREFIX):], body)
             return status, payload, "application/json" if status == 200 else text
         if path.startswith("/v1/"):
-            chat = self.node.chat_http
-            if chat is None:
+            loader = self.node.chat_loader
+            if loader is None:
                 return 404, b'{"error":{"code":"not_found","message":"the chat product is not enabled"}}', \
                     "application/json"
+            _, chat = await loader.load()
             return await chat.handle(head, body)
         if path == "/health":
             if head.method not in ("GET", "HEAD"):
