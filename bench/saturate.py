@@ -170,6 +170,12 @@ class Stats:
         self.protocol_errors = 0
         self.other_pushes = 0
         self.pings = 0
+        # reads wholly handled by the hot path / not (the rest of the read parsed as frames);
+        # frames handled by the hot path; pushes read on the general path
+        self.reads_fast = 0
+        self.reads_general = 0
+        self.fast_frames = 0
+        self.general_pushes = 0
         self.bcast: dict[int, list[int]] = {}  # seq -> [deliveries, max latency µs]
         # (sent ns, received ns, broadcast seq or -1) per delivery not yet absorbed
         self.rec = array("q")
@@ -307,74 +313,98 @@ class SatClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = _time_ns()
         buf = self.buf
-        if self.upgraded and not buf and data[0] == 0x81:
-            # The hot path, inlined: this read is exactly one unfragmented text frame holding
-            # one publication push as both servers write it — {"push":{"channel":C,"pub":
-            # {"data":{"s":SEQ,"t":SENT,...}...}}}, the publisher's data verbatim — read by
-            # position, no JSON parse. Anything else takes the general path below.
-            ln = data[1]
+        if buf or not self.upgraded:
+            # a frame split over reads, or the HTTP handshake: join, then scan as one read
+            buf += data
+            if not self.upgraded:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).decode("latin-1")
+                del buf[: end + 4]
+                status = head.split("\r\n", 1)[0]
+                accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
+                if " 101 " not in status + " " or f"sec-websocket-accept: {accept}".lower() not in head.lower():
+                    self._fail(f"handshake {status[9:12] or status!r}")
+                    return
+                self.upgraded = True
+                self.transport.write(self.hello[1])  # type: ignore[union-attr]
+            data = bytes(buf)
+            buf.clear()
+        st = self.st
+        n = len(data)
+        pos = 0
+        # The hot path, inlined: every complete unfragmented text frame at the front of this
+        # read that holds one publication push as both servers write it — {"push":{"channel":
+        # C,"pub":{"data":{"s":SEQ,"t":SENT,...}...}...}}, the publisher's data verbatim, any
+        # fields after it (SENTchat's "offset") ignored — is read by position, no JSON parse;
+        # a server ping ({}) is answered here too. The first frame that is anything else, and
+        # everything after it, takes the general path below.
+        while n - pos >= 2 and data[pos] == 0x81:
+            ln = data[pos + 1]
             if ln < 126:
-                off = 2
-            elif ln == 126 and len(data) > 4:
-                off, ln = 4, (data[2] << 8) | data[3]
+                start = pos + 2
+            elif ln == 126 and n - pos >= 4:
+                start, ln = pos + 4, (data[pos + 2] << 8) | data[pos + 3]
             else:
-                off = 0
-            if off and len(data) == ln + off and data.startswith(PUSH_HEAD, off) and b"\n" not in data:
-                end = data.find(b'"', off + PUSH_HEAD_LEN)
-                i = data.find(DATA_HEAD, end)
-                j = data.find(b',"t":', i) if i > 0 else -1
-                k = data.find(b",", j + 5) if j > 0 else -1
-                if k > 0:
-                    try:
-                        seq, sent = int(data[i + DATA_HEAD_LEN: j]), int(data[j + 5: k])
-                    except ValueError:
-                        pass
-                    else:
-                        channel = data[off + PUSH_HEAD_LEN: end]
-                        st = self.st
-                        if channel == self.gname:
-                            seen = self.gseen
-                            if seq > self.gmax:
-                                self.gmax = seq
-                            elif not (seq < len(seen) and seen[seq]):
-                                st.reordered += 1
-                            mark = seq if st.broadcast else -1
-                        elif channel == self.pname:
-                            seen = self.pseen
-                            if seq > self.pmax:
-                                self.pmax = seq
-                            elif not (seq < len(seen) and seen[seq]):
-                                st.reordered += 1
-                            mark = -1
-                        else:
-                            st.misrouted += 1
-                            return
-                        if seq >= len(seen):
-                            seen.extend(bytes(seq + 1 - len(seen)))
-                        elif seen[seq]:
-                            st.duplicates += 1
-                            return
-                        seen[seq] = 1
-                        rec = st.rec
-                        rec.append(sent)
-                        rec.append(now)
-                        rec.append(mark)
-                        st.received += 1
-                        return
-        buf += data
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            status = head.split("\r\n", 1)[0]
-            accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
-            if " 101 " not in status + " " or f"sec-websocket-accept: {accept}".lower() not in head.lower():
-                self._fail(f"handshake {status[9:12] or status!r}")
-                return
-            self.upgraded = True
-            self.transport.write(self.hello[1])  # type: ignore[union-attr]
+                break
+            fend = start + ln
+            if fend > n:
+                break
+            if ln == 2 and data[start] == 0x7B and data[start + 1] == 0x7D:  # server ping: {}
+                st.pings += 1
+                self.transport.write(PONG)  # type: ignore[union-attr]
+                pos = fend
+                continue
+            if not data.startswith(PUSH_HEAD, start) or data.find(b"\n", start, fend) >= 0:
+                break
+            end = data.find(b'"', start + PUSH_HEAD_LEN, fend)
+            i = data.find(DATA_HEAD, end, fend) if end > 0 else -1
+            j = data.find(b',"t":', i, fend) if i > 0 else -1
+            k = data.find(b",", j + 5, fend) if j > 0 else -1
+            if k < 0:
+                break
+            try:
+                seq, sent = int(data[i + DATA_HEAD_LEN: j]), int(data[j + 5: k])
+            except ValueError:
+                break
+            pos = fend
+            st.fast_frames += 1
+            channel = data[start + PUSH_HEAD_LEN: end]
+            if channel == self.gname:
+                seen = self.gseen
+                if seq > self.gmax:
+                    self.gmax = seq
+                elif not (seq < len(seen) and seen[seq]):
+                    st.reordered += 1
+                mark = seq if st.broadcast else -1
+            elif channel == self.pname:
+                seen = self.pseen
+                if seq > self.pmax:
+                    self.pmax = seq
+                elif not (seq < len(seen) and seen[seq]):
+                    st.reordered += 1
+                mark = -1
+            else:
+                st.misrouted += 1
+                continue
+            if seq >= len(seen):
+                seen.extend(bytes(seq + 1 - len(seen)))
+            elif seen[seq]:
+                st.duplicates += 1
+                continue
+            seen[seq] = 1
+            rec = st.rec
+            rec.append(sent)
+            rec.append(now)
+            rec.append(mark)
+            st.received += 1
+        if pos == n:
+            if n:
+                st.reads_fast += 1
+            return
+        st.reads_general += 1
+        buf += data[pos:] if pos else data
         frames, error = parse_server_frames(buf)
         for op, payload in frames:
             if op == 0x1:
@@ -435,6 +465,7 @@ class SatClient(asyncio.Protocol):
                     except ValueError:
                         pass
                     else:
+                        self.st.general_pushes += 1
                         self._on_publication(line[PUSH_HEAD_LEN:end], seq, sent, now)
                         return
         st = self.st
@@ -644,6 +675,8 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
                 "incomplete": incomplete, "duplicates": st.duplicates, "reordered": st.reordered,
                 "misrouted": st.misrouted, "protocol_errors": st.protocol_errors,
                 "other_pushes": st.other_pushes, "pings": st.pings,
+                "reads_fast": st.reads_fast, "reads_general": st.reads_general,
+                "fast_frames": st.fast_frames, "general_pushes": st.general_pushes,
                 "latency": st.latency.to_dict(), "connect_latency": st.connect.to_dict(),
                 "windows": {str(k): h.to_dict() for k, h in st.windows.items()},
                 "window_last_ns": {str(k): v for k, v in st.window_last_ns.items()},
@@ -1417,6 +1450,10 @@ def summarize(results: list[dict[str, Any]], sched: Schedule, pub: dict[str, Any
             "pings_answered": sum(r["pings"] for r in results),
             "protocol_errors": sum(r["protocol_errors"] for r in results),
             "other_pushes": sum(r["other_pushes"] for r in results),
+            "reads_fast": sum(r["reads_fast"] for r in results),
+            "reads_general": sum(r["reads_general"] for r in results),
+            "fast_frames": sum(r["fast_frames"] for r in results),
+            "general_pushes": sum(r["general_pushes"] for r in results),
             "per_process": [{"sources": r["sources"], "ready": r["ready"], "cpu_s": round(r["cpu_s"], 2),
                              "rss_kb": r["rss_kb"]} for r in results],
         },

@@ -59,7 +59,7 @@ def test_hot_path_and_json_path_count_alike() -> None:
     now = time.time_ns()
     c.data_received(server_frame(reference_push("group:g-3", 0, now)))  # reference shape
     c.data_received(server_frame(sentchat_push("group:g-3", 1, now, 2)))  # SENTchat shape
-    # two pushes in one frame (newline-separated) and two frames in one read: general path
+    # two pushes in one frame (newline-separated): general path; two frames in one read: hot path
     c.data_received(server_frame(sentchat_push("group:g-3", 2, now, 3) + b"\n"
                                  + sentchat_push("group:g-3", 3, now, 4)))
     c.data_received(server_frame(sentchat_push("group:g-3", 4, now, 5))
@@ -80,6 +80,71 @@ def test_hot_path_and_json_path_count_alike() -> None:
     assert st.pings == 1 and c.transport.written[-1][:2] == client_frame(b"{}")[:2]  # type: ignore[union-attr]
     st.absorb()
     assert st.latency.n == 9 and sum(st.recv_windows.values()) == 9 and not st.rec
+
+
+def test_several_frames_in_one_read_take_the_hot_path() -> None:
+    c, st = make_client()
+    now = time.time_ns()
+    # three SENTchat pushes, a ping and a personal push in one read, all on the hot path
+    read = (server_frame(sentchat_push("group:g-3", 0, now, 1))
+            + server_frame(sentchat_push("group:g-3", 1, now, 2))
+            + server_frame(b"{}")
+            + server_frame(reference_push("group:g-3", 2, now))
+            + server_frame(sentchat_push("personal:#bench-7", 0, now, 1)))
+    c.data_received(read)
+    assert (st.received, st.fast_frames, st.reads_fast, st.reads_general, st.pings) == (4, 4, 1, 0, 1)
+    assert c.transport.written[-1][:2] == client_frame(b"{}")[:2]  # type: ignore[union-attr]
+    # duplicate, older-than-seen, not-ours and a long (126) frame amid good ones in one read
+    long = sentchat_push("group:g-3", 6, now, 7).replace(b'"p":"', b'"p":"' + b"y" * 200)
+    assert len(long) >= 126
+    c.data_received(server_frame(sentchat_push("group:g-3", 1, now, 2))
+                    + server_frame(sentchat_push("group:g-3", 5, now, 6))
+                    + server_frame(sentchat_push("group:g-3", 4, now, 5))
+                    + server_frame(sentchat_push("group:g-4", 0, now, 1))
+                    + server_frame(long))
+    assert (st.received, st.duplicates, st.reordered, st.misrouted) == (7, 1, 1, 1)
+    assert st.reads_general == 0 and st.fast_frames == 9
+    # pushes, then a frame the hot path does not take (a reply), then more pushes: the rest
+    # of the read goes to the general path, and nothing is lost or counted twice
+    c.data_received(server_frame(sentchat_push("group:g-3", 7, now, 8))
+                    + server_frame(b'{"id":3,"result":{}}')
+                    + server_frame(sentchat_push("group:g-3", 8, now, 9)))
+    assert (st.received, st.reads_general, st.general_pushes) == (9, 1, 1)
+    # a read ending in a partial frame: the complete ones now, the rest with the next read
+    f9, f10 = (server_frame(sentchat_push("group:g-3", s, now, s + 1)) for s in (9, 10))
+    c.data_received(f9 + f10[:20])
+    assert st.received == 10 and bytes(c.buf) == f10[:20]
+    c.data_received(f10[20:])
+    assert st.received == 11 and not c.buf
+    assert (st.duplicates, st.reordered, st.misrouted, st.protocol_errors) == (1, 1, 1, 0)
+    assert c.gseen[:11] == bytearray([1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1])
+    st.absorb()
+    assert st.latency.n == 11
+
+
+def test_hot_and_general_paths_agree_on_random_reads() -> None:
+    rnd = random.Random(5)
+    now = time.time_ns()
+    seqs = list(range(300)) + [rnd.randrange(300) for _ in range(40)]  # duplicates
+    for a in rnd.sample(range(300), 30):  # some reordering
+        b = min(a + rnd.randrange(1, 5), 299)
+        seqs[a], seqs[b] = seqs[b], seqs[a]
+    stream = b"".join(server_frame(sentchat_push(rnd.choice(["group:g-3", "group:g-3", "group:g-9"]), s,
+                                                  now, s + 1)) for s in seqs)
+    results = []
+    for cut in ("one", "random"):
+        c, st = make_client()
+        if cut == "one":  # the general path: one byte per read
+            for i in range(len(stream)):
+                c.data_received(stream[i:i + 1])
+        else:
+            i = 0
+            while i < len(stream):
+                n = rnd.randrange(1, 700)
+                c.data_received(stream[i:i + n])
+                i += n
+        results.append((st.received, st.duplicates, st.reordered, st.misrouted, bytes(c.gseen)))
+    assert results[0] == results[1]
 
 
 def test_broadcast_records_per_publication() -> None:
