@@ -47,7 +47,7 @@ class Connection:
     __slots__ = ("node", "transport", "ws", "session", "codec", "pending", "task",
                  "closed", "timer_key", "client_id", "buffering", "cutoffs", "parked",
                  "current", "started", "timers_stale", "own_frames", "inbuf", "max_size",
-                 "__weakref__")
+                 "delayed", "__weakref__")
 
     def __init__(self, node: Node, transport: asyncio.Transport, ws: ServerProtocol,
                  session: Session) -> None:
@@ -75,6 +75,7 @@ class Connection:
         # Data frames are parsed here until the first frame that needs websockets (see
         # _own_frames); an incomplete frame waits in inbuf.
         self.own_frames = ws.state is State.OPEN
+        self.delayed: list[bytes] | None = None
         self.inbuf = b""
         limits = [n for n in (ws.max_message_size, ws.max_fragment_size) if n is not None]
         self.max_size: int | None = min(limits) if limits else None
@@ -300,14 +301,37 @@ class Connection:
     # ---- output -----------------------------------------------------------------------
 
     def write_frame(self, frame: bytes) -> None:
-        """Write a ready frame; a subscriber that does not read is cut off with 3008."""
+        """Write a ready frame; a subscriber that does not read is cut off with 3008.
+        With ``client.write_delay`` the frame waits (in order) for the node's next flush."""
         if self.closed:
+            return
+        delayed = self.delayed
+        if delayed is not None:
+            delayed.append(frame)
+            return
+        if self.node.write_delay:
+            self.delayed = [frame]
+            self.node.delay_write(self)
             return
         transport = self.transport
         if transport.get_write_buffer_size() > self.node.write_buffer_limit:
             self.close(codes.SLOW)
             return
         transport.write(frame)
+
+    def flush_delayed(self) -> None:
+        """Write the held frames in one go (the node's flush, or before a close)."""
+        frames = self.delayed
+        if frames is None:
+            return
+        self.delayed = None
+        if self.closed:
+            return
+        transport = self.transport
+        if transport.get_write_buffer_size() > self.node.write_buffer_limit:
+            self.close(codes.SLOW)
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _flush_ws(self) -> None:
         for chunk in self.ws.data_to_send():
@@ -323,6 +347,11 @@ class Connection:
         """Close with the disconnect code and a plain-text reason (protocol v2)."""
         if self.closed:
             return
+        held = self.delayed
+        if held and not self.transport.is_closing():
+            # Frames held by client.write_delay go out before the close frame.
+            self.delayed = None
+            self.transport.write(b"".join(held))
         self._teardown(disconnect.code)
         if self.ws.state is State.OPEN:
             self.ws.send_close(disconnect.code, disconnect.reason)

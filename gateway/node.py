@@ -85,6 +85,10 @@ class Node:
         self.metrics = Metrics()
         self.timers = TimerWheel()
         self.write_buffer_limit = settings.client.write_buffer_limit
+        self.write_delay = settings.client.write_delay
+        # Connections holding frames until the next flush (client.write_delay > 0).
+        self._delayed: list[Connection] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, set[Connection]] = {}
         self.rpc_handlers: dict[str, RPCHandler] = {"whoami": self._rpc_whoami}
@@ -174,6 +178,18 @@ class Node:
         self._all.add(conn)
         self.metrics.connections.inc()
         conn.reschedule()
+
+    def delay_write(self, conn: Connection) -> None:
+        """``conn`` holds frames: write them with everyone else's at the next flush."""
+        self._delayed.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self.write_delay, self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        self._flush_handle = None
+        conns, self._delayed = self._delayed, []
+        for conn in conns:
+            conn.flush_delayed()
 
     def connection_closed(self, conn: Connection) -> None:
         self._all.discard(conn)
