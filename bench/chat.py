@@ -45,7 +45,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import socket
 import sys
 import time
@@ -69,6 +68,7 @@ from bench.common import (
     free_port,
     machine_info,
     parse_server_frames,
+    run_client_process,
     split_evenly,
 )
 from bench.durable import Postgres, cpu_delta
@@ -414,15 +414,7 @@ async def _subscriber_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
 
 def subscriber_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     """Entry point of a client process holding subscriber connections."""
-    # A client process never outlives the benchmark's own deadline.
-    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
-    signal.alarm(int(cfg["hard_limit_s"]))
-    try:
-        uvloop.run(_subscriber_main(index, cfg, pipe))
-    except SystemExit:
-        pass
-    finally:
-        pipe.close()
+    run_client_process(_subscriber_main, index, cfg, pipe)
 
 
 # ---- setup --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
@@ -674,6 +675,22 @@ def merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
         for k, v in d.items():
             out[k] = out.get(k, 0) + v
     return out
+
+
+def run_client_process(main: Callable[[int, dict[str, Any], Pipe], Awaitable[None]],
+                       index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
+    """Body of a benchmark client process: ``main(index, cfg, pipe)`` on uvloop, with a hard
+    stop (SIGALRM at ``cfg["hard_limit_s"]``) so it never outlives the benchmark's deadline."""
+    import uvloop
+
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+    signal.alarm(int(cfg["hard_limit_s"]))
+    try:
+        uvloop.run(main(index, cfg, pipe))
+    except SystemExit:
+        pass
+    finally:
+        pipe.close()
 
 
 def collect_from_pipes(pipes: list[Pipe], kind: str, timeout: float) -> list[Any]:

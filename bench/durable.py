@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from bench.common import (
     free_port,
     machine_info,
     parse_server_frames,
+    run_client_process,
 )
 from bench.common import (
     collect_from_pipes as _collect,
@@ -527,15 +527,8 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
 
 
 def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
-    # Hard stop: a client process never outlives the benchmark's own deadline.
-    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
-    signal.alarm(int(cfg["hard_limit_s"]))
-    try:
-        uvloop.run(_client_main(index, cfg, pipe))
-    except SystemExit:
-        pass
-    finally:
-        pipe.close()
+    """Entry point of a publisher client process."""
+    run_client_process(_client_main, index, cfg, pipe)
 
 
 # ---- PostgreSQL ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from bench.common import (
     parse_server_frames,
     process_table,
     rss_kb,
+    run_client_process,
     sum_cpu,
     sum_rss,
     tree_cpu_seconds,
@@ -464,17 +465,8 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
 
 
 def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
-    # Hard stop: a client process never outlives the benchmark's own deadline.
-    import signal
-
-    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
-    signal.alarm(int(cfg["hard_limit_s"]))
-    try:
-        uvloop.run(_client_main(index, cfg, pipe))
-    except SystemExit:
-        pass
-    finally:
-        pipe.close()
+    """Entry point of a subscriber client process."""
+    run_client_process(_client_main, index, cfg, pipe)
 
 
 # ---- publisher (parent process) ---------------------------------------------------------

@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +70,7 @@ from bench.common import (
     proc_comm,
     process_table,
     rss_kb,
+    run_client_process,
     socket_inodes,
     split_evenly,
     sum_cpu,
@@ -695,14 +695,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
 
 def client_process(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     """Entry point of a client process; it never outlives the bench's own time bound."""
-    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
-    signal.alarm(int(cfg["hard_limit_s"]))
-    try:
-        uvloop.run(_client_main(index, cfg, pipe))
-    except SystemExit:
-        pass
-    finally:
-        pipe.close()
+    run_client_process(_client_main, index, cfg, pipe)
 
 
 # ---- targets: what the clients connect to ------------------------------------------------
