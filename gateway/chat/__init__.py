@@ -93,6 +93,6 @@ class ChatLoader:
     def _online_changed(self, user: str, online: bool) -> None:
         async def announce() -> Any:
             service, _ = await self.load()
-            service._online_changed(user, online)
+            await service._announce_online(user, online)
 
         self.node._spawn(announce())

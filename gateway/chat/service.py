@@ -247,11 +247,6 @@ class ChatService:
             member=member_role is not None, member_role=member_role, muted=muted, members=members,
             subscription=self.channel_name(r["id"]))
 
-    async def _members(self, c: asyncpg.Connection, channel_id: str) -> list[str]:
-        rows = await c.fetch("SELECT user_id FROM chat_members WHERE channel_id = $1 ORDER BY user_id",
-                             channel_id)
-        return [r["user_id"] for r in rows]
-
     # ---- real time --------------------------------------------------------------------
 
     async def _emit(self, channel_id: str, event: dict[str, Any], key: str) -> None:
@@ -312,11 +307,14 @@ class ChatService:
                    WHERE (m.user_id IS NOT NULL OR ($2 AND ch.kind = 'public'))
                      AND ($3 OR NOT ch.archived)
                    ORDER BY ch.kind, ch.name, ch.id""", actor.id, public, p.include_archived)
-            out = []
-            for r in rows:
-                members = await self._members(c, r["id"]) if r["kind"] in ("dm", "group_dm") else None
-                out.append(self._to_channel(r, r["member_role"], r["muted"], members))
-        return s.ChannelsResult(channels=out)
+            # The members of every DM listed, in one query (not one per DM).
+            dms = [r["id"] for r in rows if r["kind"] in ("dm", "group_dm")]
+            people: dict[str, list[str]] = {m["channel_id"]: list(m["users"]) for m in await c.fetch(
+                """SELECT channel_id, array_agg(user_id ORDER BY user_id) AS users FROM chat_members
+                   WHERE channel_id = ANY($1::text[]) GROUP BY channel_id""", dms)} if dms else {}
+        return s.ChannelsResult(channels=[
+            self._to_channel(r, r["member_role"], r["muted"], people.get(r["id"]))
+            for r in rows])
 
     async def channels_create(self, actor: Actor, p: s.ChannelsCreate) -> s.ChannelResult:
         if not rbac.can_create(actor.role):

@@ -159,6 +159,9 @@ async def test_dm_open_and_group_dm(chat: ChatEnv) -> None:
     assert note.pub.data["kind"] == "dm" and note.pub.data["from"] == alice
     group = (await rpc(ca, "dm.open", user_ids=[bob, *others]))["channel"]
     assert group["kind"] == "group_dm" and len(group["members"]) == 8
+    listed = {c["id"]: c for c in (await rpc(cb, "channels.list"))["channels"]}
+    assert listed[dm["id"]]["members"] == sorted([alice, bob])
+    assert listed[group["id"]]["members"] == sorted([alice, bob, *others])
     with pytest.raises(ReplyError) as err:
         await rpc(ca, "dm.open", user_ids=[bob, *others, await chat.user("x")])
     assert err.value.code == 400
