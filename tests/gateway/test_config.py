@@ -409,3 +409,11 @@ def test_centrifugo_import_bad_option_is_named(tmp_path: Path) -> None:
 def test_defaults_toml_is_valid_toml() -> None:
     data = tomllib.loads((ROOT / "gateway" / "defaults.toml").read_text())
     assert build_settings(data).http.port == 8000
+
+
+def test_write_delay_is_a_bounded_duration() -> None:
+    s, _ = load_settings(environ={"SENTCHAT_CLIENT__WRITE_DELAY": "5ms"})
+    assert s.client.write_delay == 0.005
+    for bad in ("2s", "soon"):
+        with pytest.raises(ConfigError, match=r"^config key client\.write_delay"):
+            load_settings(environ={"SENTCHAT_CLIENT__WRITE_DELAY": bad})
