@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import uuid
 from collections.abc import Callable
 
@@ -316,3 +317,47 @@ async def test_close_gives_up_when_the_database_is_gone(pool: asyncpg.Pool) -> N
     with pytest.raises(StoreError):
         await pending
     assert await store.count_rows("gone") == 1
+
+
+_VARIED = [  # (channel suffix, data, info, tags)
+    ("a", b'{"text":"hi","n":[1,2.5,null,true]}', None, None),
+    ("a", b"null", b'{"user":"u","client":"c"}', {"k": "v"}),
+    ("a", b'"\\u00e9 \xf0\x9f\x98\x80"', None, {"quote": "it's", "pct": "100%s"}),
+    ("a", b"\x00\x01\xff raw", None, None),
+    ("a", b'{"nul":"a\\u0000b"}', None, None),
+    ("b", b'{"s":"$sentchat_tops$ inside"}', None, None),
+    ("$sentchat_tops$", b"{}", None, None),  # the tops go as a parameter, not inlined
+]
+
+
+@pytest.mark.parametrize("method", ["copy", "insert"])
+async def test_write_methods_store_the_same_rows(pool: asyncpg.Pool, method: str) -> None:
+    """Whatever the transport (COPY or unnest INSERT; the tops inlined or, for a channel
+    name holding the quote tag, as a parameter), every column comes back as given."""
+    store = PublicationStore(pool, method=method, flush_interval=0.05)  # type: ignore[arg-type]
+    try:
+        for suffix, *_ in _VARIED:
+            await store.position(f"{method}:{suffix}")
+        pubs = await asyncio.gather(*(
+            store.publish(f"{method}:{suffix}", data, info=info, tags=tags)
+            for suffix, data, info, tags in _VARIED))
+    finally:
+        await store.close()
+    rows = {r["id"]: r for r in await pool.fetch(
+        'SELECT channel, "offset", epoch, id, data, data_raw, info, tags, created_at '
+        "FROM publications")}
+    assert len(rows) == len(_VARIED)
+    for pub, (_, data, info, tags) in zip(pubs, _VARIED, strict=True):
+        row = rows[pub.id]
+        assert (row["channel"], row["offset"], row["epoch"], row["created_at"]) == (
+            pub.channel, pub.offset, pub.epoch, pub.created_at)
+        if row["data"] is None:
+            assert row["data_raw"] == data
+        else:
+            assert row["data_raw"] is None and json.loads(row["data"]) == json.loads(data)
+        assert (json.loads(row["info"]) if row["info"] else None) == (
+            json.loads(info) if info else None)
+        assert (json.loads(row["tags"]) if row["tags"] else None) == tags
+    # JSON null is a payload, not "no data".
+    assert await pool.fetchval(
+        "SELECT count(*) FROM publications WHERE data = 'null'::jsonb") == 1
