@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bench.common import bucket_index, client_frame, parse_server_frames
-from bench.saturate import SatClient, Stats, bucket_index_np
+from bench.saturate import SatClient, Stats, bucket_index_np, start_pacing
 
 
 def server_frame(payload: bytes) -> bytes:
@@ -170,3 +170,53 @@ def test_parse_server_frames_unchanged() -> None:
     buf = bytearray(server_frame(b"a") + server_frame(b"b" * 200))
     frames, error = parse_server_frames(buf)
     assert error is None and [p for _, p in frames] == [b"a", b"b" * 200] and not buf
+
+
+def test_pacing_coalesces_reads_into_one_iteration_per_tick() -> None:
+    """With pacing on, reads that arrive during a tick are handled together in the next
+    iteration, and stopping it restores one wake-up per read."""
+    import socket
+    import threading
+
+    import uvloop
+
+    async def run() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        batches: list[int] = []
+
+        def readable() -> None:
+            batches.append(len(a.recv(65536)))
+
+        loop.add_reader(a.fileno(), readable)
+        stop = start_pacing(loop, 0.05)
+        await asyncio.sleep(0.06)  # paced from here on
+
+        def write() -> None:  # five writes spread over ~10 ms, from outside the loop
+            for _ in range(5):
+                b.send(b"x")
+                time.sleep(0.002)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        await asyncio.sleep(0.2)
+        writer.join()
+        paced = list(batches)
+        stop()
+        await asyncio.sleep(0.06)  # the last paced iteration runs out
+        batches.clear()
+        for _ in range(3):
+            b.send(b"y")
+            await asyncio.sleep(0.01)
+        unpaced = len(batches)
+        loop.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        return paced, unpaced
+
+    paced, unpaced = uvloop.run(run())
+    # Five writes over ~10 ms fall into one or two 50 ms ticks: one read each, every byte.
+    assert sum(paced) == 5 and len(paced) <= 2, paced
+    assert unpaced == 3
