@@ -73,6 +73,7 @@ from bench.common import (
     run_client_process,
     socket_inodes,
     split_evenly,
+    start_pacing,
     sum_cpu,
     sum_rss,
     tcp_inodes,
@@ -557,33 +558,6 @@ async def _inbox(pipe: Pipe) -> asyncio.Queue[Any]:
 
     loop.add_reader(pipe.fileno(), readable)
     return queue
-
-
-def start_pacing(loop: asyncio.AbstractEventLoop, tick_s: float) -> Callable[[], None]:
-    """Make ``loop`` run at most one iteration per ``tick_s``: a callback, re-queued every
-    iteration, sleeps out the rest of the tick. The reads that arrived meanwhile are then
-    handled in one iteration (the loop polls without blocking while the callback is queued)
-    instead of one sleep–wake–``epoll_wait`` per delivery, which is what a client process
-    holding 12,500 sockets otherwise pays when deliveries reach it spread out in time.
-    Every delivery's measured latency includes up to ``tick_s`` of this delay. Returns a
-    function that stops it."""
-    sleep, monotonic = time.sleep, time.monotonic
-    state = {"last": monotonic(), "on": True}
-
-    def pace() -> None:
-        if not state["on"]:
-            return
-        rest = state["last"] + tick_s - monotonic()
-        if rest > 0:
-            sleep(rest)
-        state["last"] = monotonic()
-        loop.call_soon(pace)
-
-    loop.call_soon(pace)
-
-    def stop() -> None:
-        state["on"] = False
-    return stop
 
 
 async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
@@ -1907,7 +1881,7 @@ def idle(argv: list[str] | None = None) -> int:
     # Fields drive() reads that only saturate sets.
     args.broadcast, args.rates, args.personal_rate, args.duration = False, [], 0.0, 0.0
     args.phase_gap, args.publishers, args.payload_bytes, args.drain_timeout = 0.0, 1, 100, 5.0
-    args.broadcasts, args.broadcast_interval = 0, 1.0
+    args.broadcasts, args.broadcast_interval, args.client_tick_ms = 0, 1.0, 0.0
     args.max_seconds = steps[-1] / args.ramp_rate + args.hold * len(steps) + 240
     started = time.monotonic()
     result: dict[str, Any] = {

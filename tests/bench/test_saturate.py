@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 240
 
 
-async def bench(*args: str, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
+async def bench(*args: str, timeout: float = RUN_TIMEOUT, command: str = "saturate") -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "bench", "saturate", *args, cwd=ROOT,
+        sys.executable, "-m", "gateway.cli", "bench", command, *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -90,3 +90,17 @@ async def test_broadcast_with_workers_and_reference(tmp_path: Path) -> None:
     assert result["runs"]["sentchat"]["server"]["worker_processes"] == 2
     assert result["ratios"]["broadcast_time_to_all"] is not None
     assert len(result["plots"]) == 3 and all(Path(p).stat().st_size > 0 for p in result["plots"])
+
+
+async def test_idle_measures_fresh_workers_and_idle_connections(tmp_path: Path) -> None:
+    """`sentchat bench idle` end to end, small: both fresh-worker readings (the embedded
+    defaults start an embedded PostgreSQL) and one step of idle connections."""
+    out = tmp_path / "idle.json"
+    rc, text = await bench("--steps", "200", "--client-procs", "1", "--hold", "1", "--settle", "0.5",
+                           "--json-out", str(out), command="idle")
+    assert rc == 0, text
+    result = json.loads(out.read_text())
+    assert [f["rss_kb"] > 0 for f in result["fresh"]] == [True, True], result["fresh"]
+    [level] = result["connections"]
+    assert (level["requested"], level["held"], level["failed"]) == (200, 200, {}), level
+    assert level["rss_kb_per_connection"] > 0

@@ -12,8 +12,8 @@ import time
 import orjson
 import pytest
 
-from bench.common import bucket_index, client_frame, parse_server_frames
-from bench.saturate import SatClient, Stats, bucket_index_np, start_pacing
+from bench.common import bucket_index, client_frame, parse_server_frames, start_pacing
+from bench.saturate import SatClient, Stats, bucket_index_np
 
 
 def server_frame(payload: bytes) -> bytes:
