@@ -678,6 +678,21 @@ def merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
     return out
 
 
+def speed_check_ms() -> float:
+    """Best of three timings of a fixed pure-Python loop (about 15 ms on an idle core of
+    this machine's usual host). The VM does not report time taken by other guests of its
+    host (steal is 0 here), so a run whose check is much slower than usual was on a slowed
+    host: compare runs with it."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        x = 0
+        for i in range(300_000):
+            x += i * i % 7
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def start_pacing(loop: asyncio.AbstractEventLoop, tick_s: float) -> Callable[[], None]:
     """Make ``loop`` run at most one iteration per ``tick_s``: a callback, re-queued every
     iteration, sleeps out the rest of the tick. The reads that arrived meanwhile are then

@@ -56,6 +56,7 @@ from bench.common import (
     machine_info,
     parse_server_frames,
     run_client_process,
+    speed_check_ms,
 )
 from bench.common import (
     collect_from_pipes as _collect,
@@ -1155,20 +1156,6 @@ async def machine_busy(seconds: float) -> float:
     await asyncio.sleep(seconds)
     b = machine_jiffies()
     return (b["busy"] - a["busy"]) / max(1, b["total"] - a["total"])
-
-
-def speed_check_ms() -> float:
-    """Best of three timings of a fixed pure-Python loop (about 30 ms on an idle core here).
-    The VM does not report time taken by other guests of its host (steal is 0 here), so a
-    run whose check is much slower than usual was on a slowed host: compare runs with it."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        x = 0
-        for i in range(300_000):
-            x += i * i % 7
-        best = min(best, time.perf_counter() - started)
-    return round(best * 1000, 1)
 
 
 async def wait_idle(limit: float) -> float:

@@ -72,6 +72,7 @@ from bench.common import (
     rss_kb,
     run_client_process,
     socket_inodes,
+    speed_check_ms,
     split_evenly,
     start_pacing,
     sum_cpu,
@@ -1637,6 +1638,9 @@ def report_run(name: str, run: dict[str, Any]) -> list[str]:
                      + (f" + Valkey {cw['valkey_s']:.1f} s" if cw["valkey_s"] else "")
                      + f", clients {cw['clients_s']:.1f} s ({cw['clients_s'] * per:.1f} us/delivery), "
                      f"publisher {cw['publisher_s']:.1f} s, other processes {cw['other_processes_s']:.1f} s")
+    if "speed_check_ms" in run:
+        lines.append(f"  host speed check {run['speed_check_ms']} ms for a fixed Python loop before the run "
+                     "(≈ 15 on this machine's usual host; higher = slower host)")
     for ph in run["phases"]:
         pl = ph["latency_ms"]
         lines.append(f"  phase {ph['group_rate']:>7,.0f} pub/s  offered {ph['offered_deliveries_per_s']:>9,.0f}"
@@ -1784,6 +1788,9 @@ def _out_path(args: argparse.Namespace, kind: str) -> Path:
 def _run_target(make: Callable[[], Target], args: argparse.Namespace, label: str,
                 steps: list[int] | None = None) -> dict[str, Any]:
     target = make()
+    # The VM does not report its host's other guests (steal stays 0): a slow check marks a
+    # run made on a slowed host, whose figures are not comparable with the others.
+    speed = speed_check_ms()
     print(f"{label}: starting {target.describe()}...", flush=True)
     target.start(args.timeout)
     try:
@@ -1791,6 +1798,7 @@ def _run_target(make: Callable[[], Target], args: argparse.Namespace, label: str
     finally:
         run_stop = target.stop()
     run["stop"] = run_stop
+    run["speed_check_ms"] = speed
     return run
 
 
