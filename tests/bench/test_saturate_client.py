@@ -166,6 +166,34 @@ def test_bulk_buckets_match_bucket_index(seed: int) -> None:
     assert bucket_index_np(np.array(values, dtype=np.int64)).tolist() == [bucket_index(v) for v in values]
 
 
+def test_bulk_and_one_by_one_absorb_agree_on_receive_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per send-second window, the first and last receive times (a phase's receive span)
+    come out the same from the numpy path and the plain one."""
+    pytest.importorskip("numpy")
+    import bench.saturate as sat
+
+    rnd = random.Random(3)
+    origin = 1_000_000_000_000
+    records = []
+    for _ in range(500):
+        sent = origin + rnd.randrange(0, 3_000_000_000)
+        records.append((sent, sent + rnd.randrange(0, 80_000_000), -1))
+    found = []
+    for bulk in (True, False):
+        if not bulk:
+            monkeypatch.setattr(sat, "np", None)
+        st = Stats(origin, broadcast=False)
+        for rec in records:
+            st.rec.extend(rec)
+        st.absorb()
+        found.append((st.window_first_ns, st.window_last_ns))
+    assert found[0] == found[1]
+    first, last = found[0]
+    for w in first:
+        in_w = [now for sent, now, _ in records if (sent - origin) // 1_000_000_000 == w]
+        assert (first[w], last[w]) == (min(in_w), max(in_w))
+
+
 def test_parse_server_frames_unchanged() -> None:
     buf = bytearray(server_frame(b"a") + server_frame(b"b" * 200))
     frames, error = parse_server_frames(buf)
