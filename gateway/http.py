@@ -96,6 +96,11 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
             503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
+Answer = tuple[int, bytes, str] | tuple[int, bytes, str, dict[str, str]]
+"""A handler's answer: status, body, content type, and optionally extra headers (``Allow``
+on a 405)."""
+
+
 def response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
              keep_alive: bool = True, extra: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 response."""

@@ -21,7 +21,7 @@ from centrifugo_bridge import server_api
 from gateway import cluster_view
 from gateway.api import ServerApi, authorized
 from gateway.connection import Connection
-from gateway.http import HttpError, RequestHead, parse_head, response
+from gateway.http import Answer, HttpError, RequestHead, parse_head, response
 from gateway.metrics import CONTENT_TYPE_LATEST
 from gateway.node import Node
 
@@ -121,12 +121,15 @@ class GatewayProtocol(asyncio.Protocol):
     async def _handle(self, head: RequestHead, body: bytes) -> None:
         keep_alive = head.keep_alive
         try:
-            status, payload, ctype = await self._route(head, body)
+            answer = await self._route(head, body)
         except Exception:
             log.exception("HTTP handler failed for %s %s", head.method, head.path)
-            status, payload, ctype = 500, b"Internal Server Error", "text/plain; charset=utf-8"
+            answer = 500, b"Internal Server Error", "text/plain; charset=utf-8"
+        status, payload, ctype = answer[0], answer[1], answer[2]
+        extra = answer[3] if len(answer) == 4 else None  # type: ignore[misc]
         # A HEAD response carries the GET headers (Content-Length included) but no body.
-        self._send(status, payload, ctype, keep_alive=keep_alive, head_only=head.method == "HEAD")
+        self._send(status, payload, ctype, keep_alive=keep_alive, head_only=head.method == "HEAD",
+                   extra=extra)
         self.busy = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -137,7 +140,7 @@ class GatewayProtocol(asyncio.Protocol):
         http = self.node.settings.http
         return http.max_header_size + http.max_body_size
 
-    async def _route(self, head: RequestHead, body: bytes) -> tuple[int, bytes, str]:
+    async def _route(self, head: RequestHead, body: bytes) -> Answer:
         text = "text/plain; charset=utf-8"
         path = head.path
         if path.startswith(API_PREFIX):
@@ -145,7 +148,7 @@ class GatewayProtocol(asyncio.Protocol):
                 # Not a route at all: Centrifugo's mux answers 404 before method and key checks.
                 return 404, b"Not Found", text
             if head.method != "POST":
-                return 405, b"Method Not Allowed", text
+                return 405, b"Method Not Allowed", text, {"Allow": "POST"}
             api = self.node.settings.http_api
             if not authorized(head.headers, head.query, api.key, api.insecure):
                 return 401, b"", text
@@ -160,14 +163,14 @@ class GatewayProtocol(asyncio.Protocol):
             return await chat.handle(head, body)
         if path == "/health":
             if head.method not in ("GET", "HEAD"):
-                return 405, b"Method Not Allowed", text
+                return 405, b"Method Not Allowed", text, {"Allow": "GET, HEAD"}
             if cluster_view.enabled(head.query):  # --workers N: all workers' health
                 status, payload = await cluster_view.health(self.node)
                 return status, payload, "application/json"
             return 200, orjson.dumps({"status": "ok", "node": self.node.name}), "application/json"
         if path == "/metrics":
             if head.method not in ("GET", "HEAD"):
-                return 405, b"Method Not Allowed", text
+                return 405, b"Method Not Allowed", text, {"Allow": "GET, HEAD"}
             if cluster_view.enabled(head.query):  # --workers N: totals over the workers
                 return 200, await cluster_view.metrics(self.node), CONTENT_TYPE_LATEST
             self.node.refresh_metrics()
@@ -177,11 +180,12 @@ class GatewayProtocol(asyncio.Protocol):
         return 404, b"Not Found", text
 
     def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              keep_alive: bool = True, head_only: bool = False) -> None:
+              keep_alive: bool = True, head_only: bool = False,
+              extra: dict[str, str] | None = None) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        data = response(status, body, ctype, keep_alive)
+        data = response(status, body, ctype, keep_alive, extra)
         transport.write(data[: len(data) - len(body)] if head_only else data)
         if not keep_alive:
             self.closing = True

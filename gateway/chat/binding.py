@@ -22,7 +22,7 @@ from gateway.chat.errors import ChatError, bad_request, unauthorized
 from gateway.chat.service import Actor, ChatService
 
 if TYPE_CHECKING:
-    from gateway.http import RequestHead
+    from gateway.http import Answer, RequestHead
     from gateway.node import Node
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,11 @@ class ChatHttp:
         self.routes = [_Route(op, _compile(op.path)) for op in OPS]
         self._openapi: bytes | None = None
 
-    async def handle(self, head: RequestHead, body: bytes) -> tuple[int, bytes, str]:
+    async def handle(self, head: RequestHead, body: bytes) -> Answer:
         """Answer one request whose path starts with ``/v1/``."""
         if head.path == "/v1/openapi.json":
             if head.method not in ("GET", "HEAD"):
-                return _error(ChatError("method_not_allowed", "use GET", 405))
+                return _error(ChatError("method_not_allowed", "use GET", 405), allow="GET, HEAD")
             if self._openapi is None:
                 self._openapi = orjson.dumps(openapi(), option=orjson.OPT_SORT_KEYS)
             return 200, self._openapi, JSON
@@ -196,7 +196,9 @@ class ChatHttp:
             except ChatError as exc:
                 return _error(exc)
         if allowed:
-            return _error(ChatError("method_not_allowed", f"use {' or '.join(sorted(set(allowed)))}", 405))
+            methods = sorted(set(allowed))
+            return _error(ChatError("method_not_allowed", f"use {' or '.join(methods)}", 405),
+                          allow=", ".join(methods))
         return _error(ChatError("not_found", f"no route {head.path}", 404))
 
     async def _call(self, op: Op, path_params: dict[str, str], head: RequestHead,
@@ -276,8 +278,12 @@ class ChatHttp:
         return await self.service.actor(user, profile)
 
 
-def _error(exc: ChatError) -> tuple[int, bytes, str]:
-    return exc.status, orjson.dumps({"error": {"code": exc.code, "message": exc.message}}), JSON
+def _error(exc: ChatError, allow: str | None = None) -> Answer:
+    """The JSON error answer; a 405 names the methods the path takes (``Allow``)."""
+    body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
+    if allow is not None:
+        return exc.status, body, JSON, {"Allow": allow}
+    return exc.status, body, JSON
 
 
 def openapi() -> dict[str, Any]:

@@ -696,6 +696,10 @@ async def test_http_status_codes(server: Server, api: AsyncClient, http: aiohttp
     assert status == 401
     async with http.get(f"{server.api_url}/publish", headers={"X-API-Key": API_KEY}) as resp:
         assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+    for path in ("/health", "/metrics"):
+        async with http.post(f"{server.http_url}{path}") as resp:
+            assert (resp.status, resp.headers.get("Allow")) == (405, "GET, HEAD"), path
     status, body = await raw_api(http, server, "publish", b"{not json")
     assert status == 400
     status, _ = await raw_api(http, server, "batch", b"[1, 2")

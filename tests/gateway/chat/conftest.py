@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from tests.sdk import ClientEvents, Sdk
 class Reply:
     status: int
     body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class ChatEnv:
                 method, f"{self.srv.http_url}{path}", headers=hdrs, params=params,
                 data=None if body is None else json.dumps(body)) as resp:
             text = await resp.text()
-            return Reply(resp.status, json.loads(text) if text else None)
+            return Reply(resp.status, json.loads(text) if text else None, dict(resp.headers))
 
     async def admin(self, method: str, path: str, body: Any = None) -> Reply:
         return await self.http(method, path, body=body, headers={"X-API-Key": API_KEY})

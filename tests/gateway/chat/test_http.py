@@ -85,10 +85,19 @@ async def test_missing_invalid_and_expired_tokens_are_401(chat: ChatEnv) -> None
 async def test_unknown_routes_404_and_wrong_methods_405(chat: ChatEnv) -> None:
     alice = await chat.user("alice")
     error(await chat.http("GET", "/v1/nothing-here", alice), 404, "not_found")
-    err = error(await chat.http("DELETE", "/v1/channels", alice), 405, "method_not_allowed")
+    r = await chat.http("DELETE", "/v1/channels", alice)
+    err = error(r, 405, "method_not_allowed")
     assert "GET" in err["message"] and "POST" in err["message"]
-    error(await chat.http("GET", "/v1/channels/c1/join", alice), 405, "method_not_allowed")
+    assert r.headers["Allow"] == "GET, POST"  # RFC 9110: a 405 lists what the path takes
+    r = await chat.http("GET", "/v1/channels/c1/join", alice)
+    error(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == "POST"
     error(await chat.http("POST", "/v1/status", alice, {}), 405, "method_not_allowed")
+    r = await chat.http("POST", "/v1/openapi.json")
+    error(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == "GET, HEAD"
+    # Other answers carry no Allow header.
+    assert "Allow" not in (await chat.http("GET", "/v1/nothing-here", alice)).headers
 
 
 async def test_bad_input_is_400_bad_request(chat: ChatEnv) -> None:
