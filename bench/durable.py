@@ -80,6 +80,10 @@ BUSY_LIMIT = 0.25
 OTHERS_LIMIT = 0.05
 """CPU used by processes outside the benchmark during the measured window, as a fraction of
 the machine, above which a run is marked as disturbed."""
+SLOWED_FACTOR = 1.3
+"""A run whose host speed check, before or after it, is this much slower than the fastest
+check of the invocation is marked as disturbed: the VM does not report its host's other
+guests (steal stays 0), and a host can slow down in the middle of a run."""
 STATS_SETTLE_S = 1.1
 """PostgreSQL backends flush their statistics at most once a second: after this pause the
 next writer transaction (the "marker" publication) flushes everything pending."""
@@ -1098,9 +1102,13 @@ def report_run(r: dict[str, Any]) -> str:
     ]
     lines.extend("  " + x for x in extra)
     if "speed_check_ms" in r:
-        lines.append(f"  host speed check    {r['speed_check_ms']} ms for a fixed Python loop before the run "
-                     "(higher = slower host)")
-    if r.get("disturbed"):
+        lines.append(f"  host speed check    {r['speed_check_ms']} ms for a fixed Python loop before the run"
+                     + (f", {r['speed_check_after_ms']} ms after" if "speed_check_after_ms" in r else "")
+                     + " (higher = slower host)")
+    if r.get("host_slowed"):
+        lines.append(f"  DISTURBED           the host was slowed (speed check over {SLOWED_FACTOR:g}x the "
+                     "fastest of this invocation): not a clean figure")
+    if r.get("disturbed") and not r.get("host_slowed"):
         lines.append(f"  DISTURBED           other processes used {c['other_s']:.2f} core-s of the window "
                      f"(machine {r['machine_busy_before'] * 100:.0f}% busy before the run): not a clean figure")
     return "\n".join(lines)
@@ -1174,6 +1182,7 @@ async def wait_idle(limit: float) -> float:
 
 async def run_all(args: argparse.Namespace, result: dict[str, Any], pg: Postgres) -> None:
     layers = ["store", "gateway"] if args.layer == "both" else [args.layer]
+    fastest = speed_check_ms()
     for layer in layers:
         for nch in args.channels:
             for attempt in range(args.retry_disturbed + 1):
@@ -1182,10 +1191,15 @@ async def run_all(args: argparse.Namespace, result: dict[str, Any], pg: Postgres
                 busy = await wait_idle(args.wait_idle)
                 speed = speed_check_ms()
                 run = await (run_gateway if layer == "gateway" else run_store)(pg, nch, args)
+                after = speed_check_ms()
+                fastest = min(fastest, speed, after)
                 run["machine_busy_before"] = round(busy, 3)
                 run["speed_check_ms"] = speed
+                run["speed_check_after_ms"] = after
                 c = run["cpu_window"]
-                run["disturbed"] = c["other_s"] > OTHERS_LIMIT * c["core_seconds_available"]
+                run["others_disturbed"] = c["other_s"] > OTHERS_LIMIT * c["core_seconds_available"]
+                run["host_slowed"] = max(speed, after) > SLOWED_FACTOR * fastest
+                run["disturbed"] = run["others_disturbed"] or run["host_slowed"]
                 run["attempt"] = attempt + 1
                 print(report_run(run), flush=True)
                 if not run["disturbed"] or attempt == args.retry_disturbed:
@@ -1229,7 +1243,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "less than 25%% busy (default 60; 0 = do not wait)")
     ap.add_argument("--retry-disturbed", type=int, default=0,
                     help="run a layout again, up to this many times, when other processes used "
-                         "more than 5%% of the machine during its window (default 0)")
+                         "more than 5%% of the machine during its window or the host was slowed "
+                         "(a speed check before or after it 1.3x the invocation's fastest; default 0)")
     ap.add_argument("--json-out", help="result file (default bench/results/durable-<timestamp>.json)")
     return ap
 
