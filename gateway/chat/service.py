@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 ROLE_CACHE_SECONDS = 2.0
 NOTIFY_TEXT_CHARS = 200
+PRESENCE_CHUNK = 200
+"""Presence reads in flight at once for `@here` (bounded: a channel can have thousands)."""
 UNREAD_CAP = 1000
 # Going offline: how long the closed connection's presence may take to disappear.
 OFFLINE_CHECKS = 10
@@ -270,6 +272,17 @@ class ChatService:
             log.warning("presence read for %s failed", user, exc_info=True)
             return False
         return bool(presence)
+
+    async def _online_among(self, user_ids: list[str]) -> set[str]:
+        """Which of ``user_ids`` are online: their presence reads run concurrently, a chunk
+        at a time (one round trip per chunk on a Redis broker's pipelined connection,
+        instead of one per member for ``@here`` in a big channel)."""
+        online: set[str] = set()
+        for i in range(0, len(user_ids), PRESENCE_CHUNK):
+            chunk = user_ids[i:i + PRESENCE_CHUNK]
+            found = await asyncio.gather(*(self._online(u) for u in chunk))
+            online.update(u for u, yes in zip(chunk, found, strict=True) if yes)
+        return online
 
     def _online_changed(self, user: str, online: bool) -> None:
         """A user's first connection on this node came, or its last one here left."""
@@ -586,11 +599,14 @@ class ChatService:
                        FROM chat_members m LEFT JOIN chat_user_status st ON st.user_id = m.user_id
                        WHERE m.channel_id = $1 AND m.user_id = ANY($2::text[])""", ch["id"], targets)
         now = datetime.now(UTC)
+        online: set[str] = set()
+        if at_here and not at_channel:
+            online = await self._online_among([r["user_id"] for r in rows if r["user_id"] not in users])
         for r in rows:
             uid = r["user_id"]
             if uid in users or at_channel:
                 kind = "mention"
-            elif at_here and await self._online(uid):
+            elif uid in online:
                 kind = "mention"
             elif direct and (parent is None or message.also_to_channel):
                 kind = "dm"

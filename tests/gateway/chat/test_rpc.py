@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 from centrifuge import ReplyError
 
+from tests.conftest import API_KEY
 from tests.gateway.chat.conftest import ChatEnv, rpc
 from tests.sdk import TIMEOUT
 
@@ -294,3 +296,28 @@ async def test_unread_counts_stop_at_a_cap(chat: ChatEnv) -> None:
     await rpc(cb, "read.mark", channel_id=ch["id"], message_id=page["messages"][0]["id"] - 10)
     counts = {c["channel_id"]: c for c in (await rpc(cb, "unread.counts"))["channels"]}
     assert counts[ch["id"]]["unread"] == 10 and counts[ch["id"]]["more"] is False
+
+
+async def test_at_here_notifies_only_online_members(chat: ChatEnv) -> None:
+    """`@here` is a mention for members with a connection right now, and nothing for the
+    others (their personal channel's history stays without it)."""
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    ca, _ = await chat.connect(alice)
+    cb, bev = await chat.connect(bob)
+    ch = (await rpc(ca, "channels.create", name=f"h-{alice}", members=[bob, carol]))["channel"]
+    here = (await rpc(ca, "messages.send", channel_id=ch["id"], text="@here standup"))["message"]
+    note = await bev.next_where("publication", lambda c: c.pub.data.get("type") == "notification")
+    assert (note.pub.data["kind"], note.pub.data["message_id"]) == ("mention", here["id"])
+    # Carol was offline: a direct mention sent afterwards is the only notification she has.
+    direct = (await rpc(ca, "messages.send", channel_id=ch["id"], text=f"@{carol} ping"))["message"]
+    pubs: list[dict] = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            async with http.post(f"{chat.srv.api_url}/history", headers={"X-API-Key": API_KEY},
+                                 json={"channel": f"personal:#{carol}", "limit": 10}) as resp:
+                pubs = [p for p in (await resp.json())["result"].get("publications", [])
+                        if p["data"].get("type") == "notification"]
+            if pubs:
+                break
+            await asyncio.sleep(0.05)
+    assert [p["data"]["message_id"] for p in pubs] == [direct["id"]]
