@@ -1404,8 +1404,10 @@ def summarize(results: list[dict[str, Any]], sched: Schedule, pub: dict[str, Any
         # the latency), one that falls behind stretches the span with its backlog. Counting
         # from the first send instead would charge the latency of the last deliveries once
         # more as lost time (≈ 0.2-0.5 % at P95 ≈ 50 ms).
+        # Never shorter than the phase itself: a server that delivers a phase's first
+        # publications late and then catches up must not look faster than offered.
         start = firstrecv if firstrecv is not None else ph["start_ns"]
-        span = (lastrecv - start) / 1e9 if lastrecv > start else 0.0
+        span = max((lastrecv - start) / 1e9, ph["seconds"]) if lastrecv > start else 0.0
         subs = args.connections / args.channels
         phases.append({
             "group_rate": ph["group_rate"], "personal_rate": ph["personal_rate"],

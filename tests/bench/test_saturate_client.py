@@ -219,8 +219,8 @@ def test_pacing_coalesces_reads_into_one_iteration_per_tick() -> None:
             batches.append(len(a.recv(65536)))
 
         loop.add_reader(a.fileno(), readable)
-        stop = start_pacing(loop, 0.05)
-        await asyncio.sleep(0.06)  # paced from here on
+        stop = start_pacing(loop, 0.2)  # long ticks: a loaded machine cannot blur them
+        await asyncio.sleep(0.25)  # paced from here on
 
         def write() -> None:  # five writes spread over ~10 ms, from outside the loop
             for _ in range(5):
@@ -229,15 +229,19 @@ def test_pacing_coalesces_reads_into_one_iteration_per_tick() -> None:
 
         writer = threading.Thread(target=write)
         writer.start()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         writer.join()
+        for _ in range(100):  # a slow machine: wait for every byte, ticks go on meanwhile
+            if sum(batches) == 5:
+                break
+            await asyncio.sleep(0.05)
         paced = list(batches)
         stop()
-        await asyncio.sleep(0.06)  # the last paced iteration runs out
+        await asyncio.sleep(0.25)  # the last paced iteration runs out
         batches.clear()
         for _ in range(3):
             b.send(b"y")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
         unpaced = len(batches)
         loop.remove_reader(a.fileno())
         a.close()
@@ -245,6 +249,6 @@ def test_pacing_coalesces_reads_into_one_iteration_per_tick() -> None:
         return paced, unpaced
 
     paced, unpaced = uvloop.run(run())
-    # Five writes over ~10 ms fall into one or two 50 ms ticks: one read each, every byte.
+    # Five writes over ~10 ms fall into one or two 200 ms ticks: one read each, every byte.
     assert sum(paced) == 5 and len(paced) <= 2, paced
     assert unpaced == 3

@@ -319,45 +319,51 @@ async def test_close_gives_up_when_the_database_is_gone(pool: asyncpg.Pool) -> N
     assert await store.count_rows("gone") == 1
 
 
-_VARIED = [  # (channel suffix, data, info, tags)
-    ("a", b'{"text":"hi","n":[1,2.5,null,true]}', None, None),
-    ("a", b"null", b'{"user":"u","client":"c"}', {"k": "v"}),
-    ("a", b'"\\u00e9 \xf0\x9f\x98\x80"', None, {"quote": "it's", "pct": "100%s"}),
-    ("a", b"\x00\x01\xff raw", None, None),
-    ("a", b'{"nul":"a\\u0000b"}', None, None),
-    ("b", b'{"s":"$sentchat_tops$ inside"}', None, None),
-    ("$sentchat_tops$", b"{}", None, None),  # the tops go as a parameter, not inlined
+_VARIED = [  # (channel suffix, data, info, tags, stored as jsonb?)
+    ("a", b'{"text":"hi","n":[1,2.5,null,true]}', None, None, True),
+    ("a", b"null", b'{"user":"u","client":"c"}', {"k": "v"}, True),
+    ("a", b'"\\u00e9 \xf0\x9f\x98\x80"', None, {"quote": "it's", "pct": "100%s"}, True),
+    ("a", b"\x00\x01\xff raw", None, None, False),
+    ("a", b'{"nul":"a\\u0000b"}', None, None, False),  # valid JSON that jsonb refuses
+    ("b", b'{"s":"$sentchat_tops$ inside"}', None, None, True),
 ]
+_TAGGED = ("$sentchat_tops$", b"{}", None, None, True)
+"""A channel name holding the tops' quote tag: its batch sends the tops as a parameter."""
 
 
 @pytest.mark.parametrize("method", ["copy", "insert"])
 async def test_write_methods_store_the_same_rows(pool: asyncpg.Pool, method: str) -> None:
-    """Whatever the transport (COPY or unnest INSERT; the tops inlined or, for a channel
-    name holding the quote tag, as a parameter), every column comes back as given."""
+    """Whatever the transport (COPY or unnest INSERT; the tops inlined in the COMMIT query
+    or, for a channel name holding the quote tag, as a parameter), every column comes back
+    as given and every channel's top is its last offset."""
     store = PublicationStore(pool, method=method, flush_interval=0.05)  # type: ignore[arg-type]
     try:
-        for suffix, *_ in _VARIED:
+        for suffix, *_ in (*_VARIED, _TAGGED):
             await store.position(f"{method}:{suffix}")
+        # One batch with the tops inlined, then one on its own with the tagged channel.
         pubs = await asyncio.gather(*(
             store.publish(f"{method}:{suffix}", data, info=info, tags=tags)
-            for suffix, data, info, tags in _VARIED))
+            for suffix, data, info, tags, _ in _VARIED))
+        pubs.append(await store.publish(f"{method}:{_TAGGED[0]}", _TAGGED[1]))
     finally:
         await store.close()
     rows = {r["id"]: r for r in await pool.fetch(
         'SELECT channel, "offset", epoch, id, data, data_raw, info, tags, created_at '
         "FROM publications")}
-    assert len(rows) == len(_VARIED)
-    for pub, (_, data, info, tags) in zip(pubs, _VARIED, strict=True):
+    assert len(rows) == len(_VARIED) + 1
+    for pub, (_, data, info, tags, as_jsonb) in zip(pubs, (*_VARIED, _TAGGED), strict=True):
         row = rows[pub.id]
         assert (row["channel"], row["offset"], row["epoch"], row["created_at"]) == (
             pub.channel, pub.offset, pub.epoch, pub.created_at)
-        if row["data"] is None:
-            assert row["data_raw"] == data
-        else:
+        if as_jsonb:
             assert row["data_raw"] is None and json.loads(row["data"]) == json.loads(data)
+        else:
+            assert row["data"] is None and row["data_raw"] == data
         assert (json.loads(row["info"]) if row["info"] else None) == (
             json.loads(info) if info else None)
         assert (json.loads(row["tags"]) if row["tags"] else None) == tags
     # JSON null is a payload, not "no data".
     assert await pool.fetchval(
         "SELECT count(*) FROM publications WHERE data = 'null'::jsonb") == 1
+    tops = {r["channel"]: r["top"] for r in await pool.fetch("SELECT channel, top FROM channel_streams")}
+    assert tops == {f"{method}:a": 5, f"{method}:b": 1, f"{method}:{_TAGGED[0]}": 1}
