@@ -43,6 +43,18 @@ def to_wire(pub: StoredPublication) -> Publication:
     return Publication(data=Raw(pub.data), info=info, offset=pub.offset, tags=pub.tags or {})
 
 
+def _refusal(channel: str, exc: ValueError | StoreError) -> ClientError:
+    """A publish the store refused, as the client is answered: 111 (temporary) when the
+    write queue is full — backpressure, nothing was stored —, 107 for input PostgreSQL
+    cannot take, 100 for anything else (logged)."""
+    if isinstance(exc, StoreOverloaded):
+        return ClientError(111, "too many requests", temporary=True)
+    if isinstance(exc, ValueError):
+        return codes.error(codes.BAD_REQUEST)
+    log.error("durable publish to %s failed", channel, exc_info=exc)
+    return codes.error(codes.INTERNAL)
+
+
 class DurableStreams:
     """The PostgreSQL side of a node."""
 
@@ -123,14 +135,8 @@ class DurableStreams:
         try:
             stored = await store.publish(channel, data, info=_encode(info) if info else None,
                                          tags=tags or None, idempotency_key=idempotency_key or None)
-        except StoreOverloaded:
-            # Backpressure: the client may retry; nothing was stored.
-            raise ClientError(111, "too many requests", temporary=True) from None
-        except ValueError:
-            raise codes.error(codes.BAD_REQUEST) from None
-        except StoreError:
-            log.exception("durable publish to %s failed", channel)
-            raise codes.error(codes.INTERNAL) from None
+        except (ValueError, StoreError) as exc:
+            raise _refusal(channel, exc) from None
         return StreamPosition(offset=stored.offset, epoch=stored.epoch)
 
     def publish_nowait(self, channel: str, data: bytes, info: ClientInfo | None,
@@ -156,13 +162,8 @@ class DurableStreams:
         try:
             return store.publish_nowait(channel, data, info=_encode(info) if info else None,
                                         on_done=committed)
-        except StoreOverloaded:
-            raise ClientError(111, "too many requests", temporary=True) from None
-        except ValueError:
-            raise codes.error(codes.BAD_REQUEST) from None
-        except StoreError:
-            log.exception("durable publish to %s failed", channel)
-            raise codes.error(codes.INTERNAL) from None
+        except (ValueError, StoreError) as exc:
+            raise _refusal(channel, exc) from None
 
     async def history(self, channel: str, limit: int, since: StreamPosition | None,
                       reverse: bool, retention: float) -> StreamState:
