@@ -342,7 +342,7 @@ class SatClient(asyncio.Protocol):
         st = self.st
         n = len(data)
         pos = 0
-        # The hot path, inlined: every complete unfragmented text frame at the front of this
+        # The hot path, framing inlined: every complete unfragmented text frame at the front of this
         # read that holds one publication push as both servers write it — {"push":{"channel":
         # C,"pub":{"data":{"s":SEQ,"t":SENT,...}...}...}}, the publisher's data verbatim, any
         # fields after it (SENTchat's "offset") ignored — is read by position, no JSON parse;
@@ -378,35 +378,7 @@ class SatClient(asyncio.Protocol):
                 break
             pos = fend
             st.fast_frames += 1
-            channel = data[start + PUSH_HEAD_LEN: end]
-            if channel == self.gname:
-                seen = self.gseen
-                if seq > self.gmax:
-                    self.gmax = seq
-                elif not (seq < len(seen) and seen[seq]):
-                    st.reordered += 1
-                mark = seq if st.broadcast else -1
-            elif channel == self.pname:
-                seen = self.pseen
-                if seq > self.pmax:
-                    self.pmax = seq
-                elif not (seq < len(seen) and seen[seq]):
-                    st.reordered += 1
-                mark = -1
-            else:
-                st.misrouted += 1
-                continue
-            if seq >= len(seen):
-                seen.extend(bytes(seq + 1 - len(seen)))
-            elif seen[seq]:
-                st.duplicates += 1
-                continue
-            seen[seq] = 1
-            rec = st.rec
-            rec.append(sent)
-            rec.append(now)
-            rec.append(mark)
-            st.received += 1
+            self._on_publication(data[start + PUSH_HEAD_LEN: end], seq, sent, now)
         if pos == n:
             if n:
                 st.reads_fast += 1
