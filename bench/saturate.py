@@ -1763,6 +1763,8 @@ def _defaults(args: argparse.Namespace) -> None:
     n = args.connections
     if n < 1:
         raise SystemExit("--connections must be positive")
+    if getattr(args, "client_tick_ms", 0.0) < 0:
+        raise SystemExit("--client-tick-ms must be 0 (no pacing) or more")
     args.workers = args.workers or max(1, math.ceil(n / 15_000))
     args.client_procs = args.client_procs or max(1, math.ceil(n / 14_000))
     if max(split_evenly(n, args.client_procs)) > SOCKETS_PER_PROCESS:

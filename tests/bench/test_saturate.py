@@ -104,3 +104,10 @@ async def test_idle_measures_fresh_workers_and_idle_connections(tmp_path: Path) 
     [level] = result["connections"]
     assert (level["requested"], level["held"], level["failed"]) == (200, 200, {}), level
     assert level["rss_kb_per_connection"] > 0
+
+
+async def test_bad_options_are_refused_by_name() -> None:
+    rc, text = await bench("--client-tick-ms", "-1", timeout=60)
+    assert rc != 0 and "--client-tick-ms must be 0 (no pacing) or more" in text, text
+    rc, text = await bench("--connections", "0", timeout=60)
+    assert rc != 0 and "--connections must be positive" in text, text
