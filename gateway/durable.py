@@ -176,7 +176,14 @@ class DurableStreams:
             return StreamState(epoch=epoch, offset=top, publications=[])
         rows = await store.history(channel, since_offset=since.offset if since is not None else None,
                                    limit=limit, reverse=reverse, max_age=retention or None)
-        return StreamState(epoch=epoch, offset=top, publications=[to_wire(p) for p in rows])
+        # One consistent cut: the top and the rows are two reads, and publications keep
+        # committing between them. Rows past the top read first are left out — they are
+        # newer than the position this answer describes, and a subscriber gets them as
+        # live pushes (held during the subscribe, sent after the reply). Answering them
+        # together with the older top would make the recovery look inexact (last row !=
+        # top) and be refused although the history covers the gap.
+        return StreamState(epoch=epoch, offset=top,
+                           publications=[to_wire(p) for p in rows if p.offset <= top])
 
     async def remove_history(self, channel: str) -> None:
         await self._need_store().remove_history(channel)
