@@ -11,7 +11,7 @@ lives in test_recovery_workers.py.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,37 +48,58 @@ async def storm_server(empty_dsn: str) -> AsyncIterator[Server]:
 
 
 class Follower:
-    """One SDK client subscribed to the channel, recording what it got."""
+    """One SDK client following the channel, recording what it got: through a client-side
+    subscription, or (``server_side``) through a server-side one from its token's
+    ``channels`` claim, recovered by the connect command."""
 
-    def __init__(self, url: str, token: str, channel: str, protobuf: bool) -> None:
+    def __init__(self, url: str, token: str, channel: str, protobuf: bool,
+                 server_side: bool = False) -> None:
+        self.channel = channel
+        self.server_side = server_side
         self.events = ClientEvents()
         self.sub_events = SubEvents()
         self.client = Client(url, token=token, events=self.events, use_protobuf=protobuf,
                              min_reconnect_delay=0.05, max_reconnect_delay=0.5)
-        self.sub = self.client.new_subscription(channel, self.sub_events)
+        self.sub = None if server_side else self.client.new_subscription(channel, self.sub_events)
+
+    @property
+    def _recorder(self) -> ClientEvents | SubEvents:
+        return self.events if self.server_side else self.sub_events
 
     async def start(self) -> None:
         await self.client.connect()
-        await self.sub.subscribe()
-        await self.sub.ready(timeout=10)
+        if self.sub is not None:
+            await self.sub.subscribe()
+            await self.sub.ready(timeout=10)
+        else:
+            await self.events.next_where("subscribed", lambda c: c.channel == self.channel)
 
     def offsets(self) -> list[int]:
-        return [c.pub.offset for c in self.sub_events.seen("publication")]
+        return [c.pub.offset for c in self._recorder.seen("publication")
+                if getattr(c, "channel", self.channel) == self.channel]
 
     def resubscribes(self) -> list[Any]:
-        return [c for c in self.sub_events.seen("subscribed") if c.was_recovering]
+        return [c for c in self._recorder.seen("subscribed")
+                if c.was_recovering and getattr(c, "channel", self.channel) == self.channel]
 
 
-async def publish_stream(srv: Server, channel: str, count: int, rate: float) -> list[int]:
+async def publish_stream(api_url: str, channel: str, count: int, rate: float,
+                         lossy: bool = False) -> list[int]:
     """Publish ``count`` publications at ``rate``/s through the server API, several in
-    flight at once; returns the acknowledged offsets."""
+    flight at once; returns the acknowledged offsets. ``lossy``: a request whose worker
+    died under it is not acknowledged (and may or may not have been committed)."""
     acked: list[int] = []
     async with aiohttp.ClientSession() as http:
 
         async def one(i: int) -> None:
-            async with http.post(f"{srv.api_url}/publish", headers={"X-API-Key": API_KEY},
-                                 json={"channel": channel, "data": {"i": i}}) as resp:
-                body = await resp.json()
+            try:
+                async with http.post(f"{api_url}/publish", headers={"X-API-Key": API_KEY},
+                                     json={"channel": channel, "data": {"i": i}}) as resp:
+                    body = await resp.json()
+            except (aiohttp.ClientError, ValueError):
+                if not lossy:
+                    raise
+                return
             assert "error" not in body, body
             acked.append(body["result"]["offset"])
 
@@ -94,13 +115,39 @@ async def publish_stream(srv: Server, channel: str, count: int, rate: float) -> 
     return sorted(acked)
 
 
+async def check_followers(followers: list[Follower], stream: list[int], cut: list[Follower]) -> None:
+    """Every follower ends with exactly ``stream`` (every offset once, in order), every
+    resubscribe recovered, and every cut follower did resubscribe."""
+
+    async def complete() -> bool:
+        return all(len(f.offsets()) >= len(stream) for f in followers)
+
+    with contextlib.suppress(TimeoutError):
+        await eventually(complete, timeout=30)
+    problems = []
+    for i, f in enumerate(followers):
+        got = f.offsets()
+        if got != stream:
+            missing = sorted(set(stream) - set(got))
+            dup = len(got) - len(set(got))
+            problems.append(f"follower {i}: {len(got)} received, {len(missing)} missing "
+                            f"(first {missing[:5]}), {dup} duplicates, ordered={got == sorted(got)}")
+        bad = [c.stream_position.offset for c in f.resubscribes() if not c.recovered]
+        if bad:
+            problems.append(f"follower {i}: resubscribe not recovered at offsets {bad}")
+    assert not problems, "\n".join(problems)
+    assert all(f.resubscribes() for f in cut), "every cut client resubscribed"
+
+
 async def run_storm(srv: Server, channel: str, protobuf: bool,
                     cut: Callable[[list[Follower]], Awaitable[None]]) -> None:
-    followers = [Follower(srv.ws_url, srv.token(f"user{i}"), channel, protobuf)
+    # Every third follower hears the channel through a server-side subscription.
+    followers = [Follower(srv.ws_url, srv.token(f"user{i}", channels=[channel] if i % 3 == 2 else []),
+                          channel, protobuf, server_side=i % 3 == 2)
                  for i in range(CLIENTS)]
     await asyncio.gather(*(f.start() for f in followers))
     try:
-        publisher = asyncio.ensure_future(publish_stream(srv, channel, PUBLICATIONS, RATE))
+        publisher = asyncio.ensure_future(publish_stream(srv.api_url, channel, PUBLICATIONS, RATE))
         # Cut while the stream is in full flow, twice, so some resubscribes overlap commits.
         await asyncio.sleep(0.8)
         await cut(followers[:CUT])
@@ -108,29 +155,7 @@ async def run_storm(srv: Server, channel: str, protobuf: bool,
         await cut(followers[CUT // 2:CUT + CUT // 2])
         acked = await publisher
         assert acked == list(range(1, PUBLICATIONS + 1))
-
-        async def complete() -> bool:
-            return all(len(f.offsets()) >= PUBLICATIONS for f in followers)
-
-        try:
-            await eventually(complete, timeout=30)
-        except TimeoutError:
-            pass
-        problems = []
-        for i, f in enumerate(followers):
-            got = f.offsets()
-            if got != acked:
-                missing = sorted(set(acked) - set(got))
-                dup = len(got) - len(set(got))
-                problems.append(f"user{i}: {len(got)} received, {len(missing)} missing "
-                                f"(first {missing[:5]}), {dup} duplicates, ordered={got == sorted(got)}")
-            bad = [json.dumps({"offset": c.stream_position.offset}) for c in f.resubscribes()
-                   if not c.recovered]
-            if bad:
-                problems.append(f"user{i}: resubscribe not recovered at {bad}")
-        assert not problems, "\n".join(problems)
-        cut_users = followers[:CUT + CUT // 2]
-        assert all(f.resubscribes() for f in cut_users), "every cut client resubscribed"
+        await check_followers(followers, acked, followers[:CUT + CUT // 2])
     finally:
         await asyncio.gather(*(f.client.disconnect() for f in followers))
 
