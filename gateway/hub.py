@@ -7,12 +7,20 @@ subscriber is one ``write`` of shared bytes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
 from centrifugo_bridge.codecs import JSON, Codec
 from centrifugo_bridge.protocol import ClientInfo, Join, Leave, Publication, Push, Reply
 from gateway.frames import build_frame
+
+# How long a new subscriber skips live publications its subscribe reply already covered.
+# Across processes the history read (Redis or PostgreSQL) can be ahead of the pub/sub
+# stream this process hears: the publications in flight between them arrive after the
+# reply and would be sent twice. They arrive within milliseconds; the bound only keeps an
+# offset sequence that restarted (new epoch) from being swallowed for long.
+LATE_WINDOW = 5.0
 
 
 class Subscriber(Protocol):
@@ -32,6 +40,9 @@ class Hub:
         # Only the subscribers that asked for join/leave pushes: a join must not scan a
         # 50,000-subscriber channel where nobody wants it.
         self._join_leave: dict[str, set[Subscriber]] = {}
+        # channel -> {subscriber: (offset its subscribe reply covered, deadline)}: see
+        # LATE_WINDOW. Empty in the common case; only publish() looks at it, per channel.
+        self._late: dict[str, dict[Subscriber, tuple[int, float]]] = {}
         self.num_subscriptions = 0
         self.deliveries = 0
 
@@ -53,6 +64,9 @@ class Hub:
         subs = self._channels.get(channel)
         if subs is None or sub not in subs:
             return False
+        late = self._late.get(channel)
+        if late is not None and late.pop(sub, None) is not None and not late:
+            del self._late[channel]
         if subs.pop(sub):
             wanting = self._join_leave[channel]
             wanting.discard(sub)
@@ -63,6 +77,30 @@ class Hub:
             del self._channels[channel]
             return True
         return False
+
+    def covered(self, channel: str, sub: Subscriber, offset: int) -> None:
+        """``sub``'s subscribe reply covered ``channel``'s stream up to ``offset``: live
+        publications up to it that are still in flight to this process are not sent to
+        it again (the stream arrives here in offset order, so the first one past the
+        offset ends the rule)."""
+        if offset > 0:
+            self._late.setdefault(channel, {})[sub] = (offset, time.monotonic() + LATE_WINDOW)
+
+    def _already_covered(self, channel: str, late: dict[Subscriber, tuple[int, float]],
+                         offset: int) -> set[Subscriber]:
+        now = time.monotonic()
+        skip = set()
+        for sub, (cut, deadline) in list(late.items()):
+            if now >= deadline:
+                del late[sub]
+                continue
+            if offset <= cut:
+                skip.add(sub)
+            if offset >= cut:
+                del late[sub]
+        if not late:
+            del self._late[channel]
+        return skip
 
     def channels(self) -> dict[str, int]:
         return {ch: len(subs) for ch, subs in self._channels.items()}
@@ -81,7 +119,13 @@ class Hub:
         subs = self._channels.get(channel)
         if not subs:
             return 0
-        return self._fan_out(subs, Reply(push=Push(channel=channel, pub=pub)), channel, pub.offset)
+        targets: Iterable[Subscriber] = subs
+        late = self._late.get(channel)
+        if late is not None and pub.offset:
+            skip = self._already_covered(channel, late, pub.offset)
+            if skip:
+                targets = [s for s in subs if s not in skip]
+        return self._fan_out(targets, Reply(push=Push(channel=channel, pub=pub)), channel, pub.offset)
 
     def join(self, channel: str, info: ClientInfo) -> int:
         subs = self._join_leave.get(channel)

@@ -112,7 +112,8 @@ class Node:
         # Durable channels heard through Redis are delivered in offset order.
         self._reorder: Reorder | None = None
         if self.durable is not None and self.clustered:
-            self._reorder = Reorder(self._fan_out, self._fill_gap)
+            self._reorder = Reorder(self._fan_out, self._fill_gap,
+                                    lambda channel: self.shard_reset([channel]))
 
     def _make_broker(self, settings: Settings) -> Broker:
         r = settings.redis
@@ -326,6 +327,7 @@ class Node:
         pubs = state.publications
         covered = max(state.offset, pubs[-1].offset if pubs else 0)
         conn.set_cutoff(channel, covered)
+        self.hub.covered(channel, conn, covered)
         if self._reorder is not None and opts.durable:
             self._reorder.seed(channel, covered)
         if opts.join_leave:

@@ -6,6 +6,11 @@ follows each commit can still overtake another process's PUBLISH, or be lost whi
 is down. This buffer delivers a channel's publications strictly in offset order: a
 publication that arrives early is held; a gap that does not close by itself within
 ``GAP_WAIT`` is filled from PostgreSQL, where every published offset already is.
+
+A gap PostgreSQL cannot fill either (history removed, the read failed) is never skipped
+silently: the channel's local subscribers are told their state is insufficient (``lost``),
+as Centrifuge does, so the SDKs resubscribe and recover — or learn ``recovered: false``
+from a history that really cannot cover them.
 """
 
 from __future__ import annotations
@@ -40,9 +45,11 @@ class _Channel:
 class Reorder:
     """Delivers each channel's publications in offset order, exactly once."""
 
-    def __init__(self, deliver: Callable[[str, Publication], None], fetch: Fetch) -> None:
+    def __init__(self, deliver: Callable[[str, Publication], None], fetch: Fetch,
+                 lost: Callable[[str], None]) -> None:
         self._deliver = deliver
         self._fetch = fetch  # (channel, after_offset, up_to_offset) -> publications
+        self._lost = lost  # (channel): a gap that cannot be filled
         self._channels: dict[str, _Channel] = {}
 
     def seed(self, channel: str, top: int) -> None:
@@ -99,12 +106,14 @@ class Reorder:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _fill(self, channel: str, state: _Channel) -> None:
+        failed = False
         try:
             up_to = min(state.held) - 1
             missing = await self._fetch(channel, state.expected - 1, up_to)
         except Exception:
-            log.exception("filling a gap in %s from PostgreSQL failed; skipping it", channel)
+            log.exception("filling a gap in %s from PostgreSQL failed", channel)
             missing = []
+            failed = True
         finally:
             state.filling = False
         if self._channels.get(channel) is not state:
@@ -113,8 +122,14 @@ class Reorder:
             if pub.offset >= state.expected:
                 state.held.setdefault(pub.offset, pub)
         if state.expected not in state.held and state.held:
-            # Not in the store either (e.g. removed history): move on rather than stall.
-            state.expected = min(state.held)
+            # Not in the store either (removed history) or unreadable: the subscribers
+            # cannot be given a contiguous stream from here. Start over from the next held
+            # publication for whoever subscribes again, and tell the current ones.
+            log.warning("gap in %s at offset %d %s; subscribers resubscribe", channel,
+                        state.expected, "unreadable" if failed else "not in history")
+            self.forget(channel)
+            self._lost(channel)
+            return
         self._drain(channel, state)
         if state.held and state.timer is None:
             state.timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._start_fill, channel)

@@ -19,10 +19,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 
-from tests.conftest import API_KEY, Server, standard_settings
+from tests.conftest import API_KEY, Server, standard_settings, stop_server
+from tests.gateway.test_durable import start_on
+from tests.gateway.test_recovery_storm import publish_stream, storm_settings
+from tests.sdk import uniq
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SCENARIOS = JS_DIR / "scenarios"
@@ -525,3 +529,52 @@ async def test_server_subscribe_unsubscribe_disconnect(server: Server, node_modu
     assert codes_of(log["connecting"]) == [0, 4001]
     assert len(log["connected"]) == 2
     assert log["disconnected"] == [{"code": 3503, "reason": "force disconnect"}]
+
+
+# ---- reconnect storm ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("namespace", ["log", "eph"], ids=["durable", "ephemeral"])
+async def test_reconnect_storm_recovers_everything(empty_dsn: str, node_modules: Path,
+                                                   mode: str, namespace: str) -> None:
+    """centrifuge-js under a reconnect storm: 12 clients, publications at 120/s, a third of
+    them cut twice (socket loss, then the server API's disconnect) while the stream flows;
+    every client ends with every acknowledged publication exactly once, in order, and every
+    resubscribe reports recovered (tests/gateway/test_recovery_storm.py has the Python SDK)."""
+    srv = await start_on(storm_settings(empty_dsn))
+    channel = uniq(f"{namespace}:js-storm")
+    tokens = [srv.token(f"js{i}", channels=[channel] if i % 3 == 2 else []) for i in range(12)]
+    acked: list[int] = []
+
+    async def on_wait(msg: dict[str, Any]) -> dict[str, Any]:
+        clients = msg["clients"]
+        publisher = asyncio.ensure_future(publish_stream(srv.api_url, channel, 240, 120.0))
+        await asyncio.sleep(0.6)
+        for client in clients[:4]:
+            await abort_connection(srv, client)
+        await asyncio.sleep(0.6)
+        for i in range(2, 6):
+            await api_disconnect_user(srv, f"js{i}")
+        acked.extend(await publisher)
+        return {"top": acked[-1]}
+
+    try:
+        res = await run_js("storm", args_for(srv, mode, channel=channel, tokens=tokens), on_wait)
+    finally:
+        await stop_server(srv)
+    assert acked == list(range(1, 241))
+    for i, f in enumerate(res["followers"]):
+        assert f["offsets"] == acked, f"client {i}: gaps, duplicates or disorder"
+        again = [s for s in f["subscribed"] if s["wasRecovering"]]
+        assert all(s["recovered"] for s in again), f"client {i}: {again}"
+        if i < 6:
+            assert again, f"client {i} was cut and must have resubscribed"
+
+
+async def api_disconnect_user(srv: Server, user: str) -> None:
+    """The server API's disconnect with a reconnecting code."""
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{srv.api_url}/disconnect", headers={"X-API-Key": API_KEY},
+            json={"user": user, "disconnect": {"code": 4001, "reason": "storm"}}) as resp:
+        assert resp.status == 200
