@@ -175,7 +175,7 @@ def _settle_memory() -> None:
 async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     import gc
 
-    from gateway.node import Node
+    from gateway.compose import build_node
     from gateway.server import serve
 
     # Automatic full collections over thousands of live connections freeze the loop for
@@ -183,7 +183,7 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     gc.set_threshold(50_000, 50, 100)
 
     async with postgres_for(settings):
-        node = Node(settings)
+        node = build_node(settings)
         await node.start()
         server = await serve(node, settings.http.host, settings.http.port,
                              backlog=settings.http.backlog, reuse_port=reuse_port)

@@ -31,7 +31,7 @@ from storage import audit
 
 if TYPE_CHECKING:
     from gateway.config import ChatSettings
-    from gateway.node import Node
+    from gateway.extension import Engine
     from storage.crypto import FieldCipher
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,10 @@ def _from_unix(seconds: int | None) -> datetime | None:
 
 
 class ChatService:
-    """Operations of the chat product; ``node`` publishes their events."""
+    """Operations of the chat product; ``engine`` publishes their events."""
 
-    def __init__(self, node: Node, settings: ChatSettings) -> None:
-        self.node = node
+    def __init__(self, engine: Engine, settings: ChatSettings) -> None:
+        self.engine = engine
         self.settings = settings
         self.namespace = settings.namespace
         self.status_namespace = settings.status_namespace
@@ -87,12 +87,9 @@ class ChatService:
 
         self.cipher = FieldCipher.from_settings(self.settings)
         self.pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self.settings.pool_size)
-        self.node.access_providers["chat"] = self.check_access
-        self.node.online_listener = self._online_changed
 
     async def stop(self) -> None:
-        self.node.access_providers.pop("chat", None)
-        self.node.online_listener = None
+        """Close the pool (the extension stops the service after its last job)."""
         if self.pool is not None:
             await self.pool.close()
 
@@ -105,15 +102,15 @@ class ChatService:
 
     def channel_name(self, channel_id: str) -> str:
         """The Centrifugo channel carrying a chat channel's events."""
-        return f"{self.namespace}{self.node.rules.namespace_boundary}{channel_id}"
+        return f"{self.namespace}{self.engine.rules.namespace_boundary}{channel_id}"
 
     def personal(self, user: str) -> str:
-        rules = self.node.rules
-        return personal_channel(user, self.node.settings.client.personal_channel_namespace,
+        rules = self.engine.rules
+        return personal_channel(user, self.engine.settings.client.personal_channel_namespace,
                                 rules.user_boundary, rules.namespace_boundary)
 
     def status_channel(self, user: str) -> str:
-        return f"{self.status_namespace}{self.node.rules.namespace_boundary}{user}"
+        return f"{self.status_namespace}{self.engine.rules.namespace_boundary}{user}"
 
     async def actor(self, user: str, profile: dict[str, Any] | None = None) -> Actor:
         """The caller, created on first sight (role ``owner`` when listed in
@@ -161,7 +158,7 @@ class ChatService:
     async def check_access(self, user: str, channel: str, action: str) -> bool:
         """Asked by the protocol layer before a subscription, history or presence read of
         a ``chat:`` channel: allowed exactly when the user may see the chat channel."""
-        prefix = self.namespace + self.node.rules.namespace_boundary
+        prefix = self.namespace + self.engine.rules.namespace_boundary
         if not user or not channel.startswith(prefix):
             return False
         try:
@@ -255,19 +252,19 @@ class ChatService:
         """Publish an event into the channel's durable stream; acknowledged after commit.
         The key makes a retried emit of the same change a no-op."""
         event.setdefault("channel_id", channel_id)
-        await self.node.publish(self.channel_name(channel_id), orjson.dumps(event),
+        await self.engine.publish(self.channel_name(channel_id), orjson.dumps(event),
                                 idempotency_key=key, source="chat")
 
     async def _push(self, user: str, event: dict[str, Any]) -> None:
         """An event on the user's personal channel (notifications, membership changes)."""
         try:
-            await self.node.publish(self.personal(user), orjson.dumps(event), source="chat")
+            await self.engine.publish(self.personal(user), orjson.dumps(event), source="chat")
         except Exception:  # a notification is best effort; the write it reports committed
             log.warning("personal push to %s failed", user, exc_info=True)
 
     async def _online(self, user: str) -> bool:
         try:
-            presence = await self.node.broker.presence(self.personal(user))
+            presence = await self.engine.presence(self.personal(user))
         except Exception:
             log.warning("presence read for %s failed", user, exc_info=True)
             return False
@@ -284,17 +281,13 @@ class ChatService:
             online.update(u for u, yes in zip(chunk, found, strict=True) if yes)
         return online
 
-    def _online_changed(self, user: str, online: bool) -> None:
-        """A user's first connection on this node came, or its last one here left."""
-        self.node._spawn(self._announce_online(user, online))
-
-    async def _announce_online(self, user: str, online: bool) -> None:
+    async def announce_online(self, user: str, online: bool) -> None:
         """``presence.changed`` on ``status:<user>``. Going offline is announced only when
         no node holds a connection of the user any more (the personal channel's presence,
         whose removal of the closed connection lands shortly after the close)."""
         if not online:
             for _ in range(OFFLINE_CHECKS):
-                if user in self.node.users:
+                if self.engine.connected_here(user):
                     return  # reconnected here meanwhile
                 if not await self._online(user):
                     break
@@ -302,7 +295,7 @@ class ChatService:
             else:
                 return  # connected elsewhere
         try:
-            await self.node.publish(self.status_channel(user), orjson.dumps(
+            await self.engine.publish(self.status_channel(user), orjson.dumps(
                 {"type": "presence.changed", "user_id": user, "online": online}), source="chat")
         except Exception:
             log.warning("presence announcement for %s failed", user, exc_info=True)
@@ -410,7 +403,7 @@ class ChatService:
             await audit.append(c, actor=actor.id, action="member.kick" if kicked else "member.leave",
                                target=f"channel:{channel_id}", before={"user_id": user})
         # Live subscriptions end on every node; a private channel stops flowing at once.
-        await self.node.control({"op": "unsubscribe", "user": user,
+        await self.engine.control({"op": "unsubscribe", "user": user,
                                  "channel": self.channel_name(channel_id), "client": ""})
         await self._emit(channel_id, {"type": "member.left", "user_id": user, "by": actor.id,
                                       "kicked": kicked},
@@ -566,7 +559,7 @@ class ChatService:
         if created:
             # Notifications are best effort and may fan out to every member: the sender's
             # acknowledgement does not wait for them.
-            self.node._spawn(self._notify(actor, ch, message, users, at_channel, at_here, parent))
+            self.engine.spawn(self._notify(actor, ch, message, users, at_channel, at_here, parent))
         return s.MessageResult(message=message, created=created)
 
     async def _notify(self, actor: Actor, ch: asyncpg.Record, message: s.Message, users: set[str],
@@ -689,7 +682,7 @@ class ChatService:
             raise bad_request("use either before or after")
         async with self.db.acquire() as c:
             await self._visible(c, actor, p.channel_id)
-            state = await self.node.history(self.channel_name(p.channel_id), 0, None, False)
+            state = await self.engine.history(self.channel_name(p.channel_id), 0, None, False)
             timeline = "channel_id = $1 AND (thread_parent IS NULL OR also_to_channel)"
             if p.after is not None:
                 rows = await c.fetch(f"SELECT * FROM chat_messages WHERE {timeline} AND id > $2 "  # noqa: S608
@@ -879,7 +872,7 @@ class ChatService:
                                before=msgspec.to_builtins(dict(before)) if before is not None else None,
                                after=msgspec.to_builtins(p))
         user = await self._user(target, actor)
-        await self.node.publish(self.status_channel(target), orjson.dumps(
+        await self.engine.publish(self.status_channel(target), orjson.dumps(
             {"type": "status.changed", "user_id": target, "status": msgspec.to_builtins(user.status)}),
             source="chat")
         return s.UserResult(user=user)
@@ -947,5 +940,5 @@ class ChatService:
                        SELECT 1 FROM chat_members m WHERE m.channel_id = ch.id AND m.user_id = $1)""",
                 user)
         for r in rows:
-            await self.node.control({"op": "unsubscribe", "user": user,
+            await self.engine.control({"op": "unsubscribe", "user": user,
                                      "channel": self.channel_name(r["id"]), "client": ""})
