@@ -443,8 +443,8 @@ class Node:
 
     def _hears_committed(self, channel: str) -> bool:
         """Whether a committed publication of ``channel`` goes anywhere: other processes
-        (through the broker), or a local subscriber."""
-        return self._shared_broker or self.hub.num_subscribers(channel) > 0
+        (through the broker), an extension's commit listener, or a local subscriber."""
+        return self._shared_broker or bool(self._commit_listeners) or self.hub.num_subscribers(channel) > 0
 
     def deliver_publication(self, channel: str, pub: Publication) -> None:
         if self._reorder is not None and pub.offset and self._is_durable(channel):

@@ -265,16 +265,16 @@ class ChatQueries:
             user)
         return [r["id"] for r in rows]
 
-    async def notify_candidates(self, channel_id: str, *, exclude: str,
-                                only: Sequence[str] | None = None) -> list[Row]:
-        """``user_id``, ``muted``, ``dnd_until`` of the channel's members but ``exclude``
-        (``only``: just these users)."""
-        if only is None:
-            return list(await self.c.fetch(
-                _NOTIFY_COLUMNS + " WHERE m.channel_id = $1 AND m.user_id <> $2", channel_id, exclude))
+    async def notify_candidates(self, channel_id: str, *, exclude: str) -> list[Row]:
+        """``user_id``, ``muted``, ``dnd_until`` of the channel's members but ``exclude``."""
+        return list(await self.c.fetch(
+            _NOTIFY_COLUMNS + " WHERE m.channel_id = $1 AND m.user_id <> $2", channel_id, exclude))
+
+    async def notify_candidates_among(self, channel_id: str, users: Sequence[str]) -> list[Row]:
+        """The same, for those of ``users`` who are members."""
         return list(await self.c.fetch(
             _NOTIFY_COLUMNS + " WHERE m.channel_id = $1 AND m.user_id = ANY($2::text[])",
-            channel_id, list(only)))
+            channel_id, list(users)))
 
     async def unread(self, user: str, cap: int) -> list[Row]:
         """Per channel the user is in: ``channel_id``, ``last_read_id``, and ``unread`` /

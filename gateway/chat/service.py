@@ -505,7 +505,7 @@ class ChatService:
                 targets = sorted((users | followers) - {actor.id})
                 if not targets:
                     return
-                rows = await q.notify_candidates(ch["id"], exclude=actor.id, only=targets)
+                rows = await q.notify_candidates_among(ch["id"], targets)
         now = datetime.now(UTC)
         online: set[str] = set()
         if at_here and not at_channel:
