@@ -144,6 +144,17 @@ class Engine:
         conn = self._node.connections.get(client)
         return conn.session.conn_info if conn is not None else b""
 
+    def carries_api_key(self, headers: Mapping[str, str]) -> bool:
+        """Whether request ``headers`` (lower-case names) carry the server API key
+        (``X-API-Key`` or ``Authorization: apikey``). Never true without a configured key,
+        ``http_api.insecure`` notwithstanding: an extension's admin routes stay closed."""
+        from gateway.api import authorized
+
+        key = self._node.settings.http_api.key
+        if not key or "x-api-key" not in headers and not headers.get("authorization", "").startswith("apikey "):
+            return False
+        return authorized(headers, {}, key, False)
+
     async def verify_token(self, token: str) -> dict[str, Any]:
         """The claims of a connection JWT, checked with the node's keys; raises
         ``InvalidToken`` / ``TokenExpired``."""

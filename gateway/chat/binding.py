@@ -244,12 +244,7 @@ class ChatHttp:
         return status, msgspec.json.encode(result), JSON
 
     def _api_key_ok(self, headers: Mapping[str, str]) -> bool:
-        from gateway.api import authorized
-
-        api = self.engine.settings.http_api
-        if not api.key or "x-api-key" not in headers and not headers.get("authorization", "").startswith("apikey "):
-            return False
-        return authorized(headers, {}, api.key, False)
+        return self.engine.carries_api_key(headers)
 
     async def _bearer(self, headers: Mapping[str, str]) -> Actor:
         from centrifugo_bridge.tokens import InvalidToken, TokenExpired
