@@ -46,10 +46,11 @@ class ChannelOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     allow_history_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
-    # SENTchat extensions (durable history, issue 3): accepted and validated now.
+    # SENTchat's additions to Centrifugo's options: history kept in PostgreSQL (durable)
+    # and for how long (retention).
     durable: bool = False
     retention: float = 0.0  # seconds; 0 = keep forever
-    # SENTchat extension (chat product, issue 5): the name of an access-control provider
+    # SENTchat's addition: the name of an access-control provider (an extension's)
     # the node asks before a client subscribes to, reads the history of or the presence of
     # a channel of this namespace ("chat" = chat memberships). Unknown providers deny.
     acl: str = ""

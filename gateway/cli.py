@@ -128,8 +128,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
             settings.http_api.key = generated["api_key"]
             warnings.append(f"no API key configured: using the generated key in {Path(settings.storage.data_dir) / 'secrets.json'}")
     # Only where the chat product runs: a plain gateway needs no key and writes none.
-    # (ChatSettings.enabled comes with the chat service, issue 5.)
-    if getattr(settings.chat, "enabled", False):
+    if settings.chat.enabled:
         warning = ensure_chat_key(settings)
         if warning:
             warnings.append(warning)
@@ -175,15 +174,15 @@ def _settle_memory() -> None:
 async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     import gc
 
-    from gateway.node import Node
+    from gateway.compose import build_node
     from gateway.server import serve
 
-    # Automatic full collections over thousands of live connections freeze the loop for
-    # hundreds of ms (machine-facts.md); collect young objects far less often instead.
+    # An automatic full collection walks every live connection's objects: with thousands
+    # of them it freezes the loop for hundreds of ms. Collect young objects far less often.
     gc.set_threshold(50_000, 50, 100)
 
     async with postgres_for(settings):
-        node = Node(settings)
+        node = build_node(settings)
         await node.start()
         server = await serve(node, settings.http.host, settings.http.port,
                              backlog=settings.http.backlog, reuse_port=reuse_port)

@@ -131,7 +131,7 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ChatSettings(msgspec.Struct, forbid_unknown_fields=True):
-    # The chat product (issue 5, docs/chat.md): RPC methods, /v1/ HTTP API, the `chat`
+    # The chat product (docs/chat.md): RPC methods, /v1/ HTTP API, the `chat`
     # access provider. Needs the durable namespace `namespace` with acl = "chat".
     enabled: bool = False
     namespace: str = "chat"          # chat:<channel id> carries a channel's events
@@ -362,8 +362,8 @@ def _check_chat_keys(chat: ChatSettings) -> None:
                           "not a key of chat.encryption_keys")
 
 
-# Environment variables fixed by the issue tracker, plus a generic form
-# SENTCHAT_<SECTION>__<KEY>[__<KEY>...] for everything else.
+# Short names deployments already set (the README's table; renaming one breaks them), plus
+# a generic form SENTCHAT_<SECTION>__<KEY>[__<KEY>...] for everything else.
 ENV_KEYS = {
     "SENTCHAT_HTTP_PORT": ("http", "port"),
     "SENTCHAT_HTTP_HOST": ("http", "host"),

@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -20,25 +20,30 @@ from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
 from centrifugo_bridge.protocol import ClientInfo, Publication, Raw, StreamPosition
 from centrifugo_bridge.session import Handler, Session
 from centrifugo_bridge.tokens import InvalidToken, TokenExpired
-from gateway import __version__
+from gateway import LOG_ROOT, __version__
 from gateway.auth import TokenVerifier
 from gateway.broker.base import Broker
 from gateway.broker.memory import MemoryBroker
 from gateway.config import Settings
 from gateway.connection import Connection
 from gateway.durable import DurableStreams
+from gateway.extension import (
+    RESERVED_PREFIXES,
+    AccessCheck,
+    CommitListener,
+    Engine,
+    Extension,
+    HttpHandler,
+    OnlineListener,
+    RpcHandler,
+)
 from gateway.frames import build_frame
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.reorder import Reorder
 from gateway.timers import TimerWheel
 
-if TYPE_CHECKING:
-    from gateway.chat import ChatLoader
-    from gateway.chat.binding import ChatHttp
-    from gateway.chat.service import ChatService
-
-log = logging.getLogger("sentchat.node")
+log = logging.getLogger(f"{LOG_ROOT}.node")
 
 # Channels per node listed in the registry for the `channels` API.
 CHANNELS_IN_REGISTRY = 10_000
@@ -47,9 +52,8 @@ IDEMPOTENCY_WINDOW = 300.0
 # Bound on remembered keys of ephemeral publications (oldest forgotten first).
 IDEMPOTENCY_MAX_KEYS = 100_000
 
-RPCHandler = Callable[[str, str, bytes], Awaitable[bytes]]
+RPCHandler = RpcHandler  # the older name, kept for importers
 MessageHandler = Callable[[str, str, bytes], Awaitable[None]]
-AccessCheck = Callable[[str, str, str], Awaitable[bool]]
 
 
 class Node:
@@ -91,17 +95,20 @@ class Node:
         self._flush_handle: asyncio.TimerHandle | None = None
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, set[Connection]] = {}
-        self.rpc_handlers: dict[str, RPCHandler] = {"whoami": self._rpc_whoami}
+        self.rpc_handlers: dict[str, RpcHandler] = {"whoami": self._rpc_whoami}
         self.message_handler: MessageHandler | None = None
         # Namespace option `acl` names one of these: (user, channel, action) -> allowed.
         self.access_providers: dict[str, AccessCheck] = {}
-        # The chat product (issue 5), when `chat.enabled`.
-        self.chat: ChatService | None = None
-        self.chat_http: ChatHttp | None = None
-        self.chat_loader: ChatLoader | None = None
+        # Products installed by the composition root (gateway/extension.py), by name.
+        self.extensions: dict[str, Extension] = {}
+        # Path prefix -> handler, longest first: the server routes by this table.
+        self.http_prefixes: list[tuple[str, HttpHandler]] = []
         # Told (user, True) when a user's first connection on this node registers and
         # (user, False) after its last one closed here.
-        self.online_listener: Callable[[str, bool], None] | None = None
+        self._online_listeners: tuple[OnlineListener, ...] = ()
+        # Told of each durable publication this node committed (empty on the hot path
+        # unless an extension asked).
+        self._commit_listeners: tuple[CommitListener, ...] = ()
         self._background: set[asyncio.Task[Any]] = set()
         # Every socket past the WebSocket handshake, connected or still before `connect`.
         self._all: set[Connection] = set()
@@ -124,6 +131,52 @@ class Node:
         return RedisBroker(r.urls, node_id=self.uid, pubsub_per_shard=r.pubsub_per_shard,
                            presence_ttl=r.presence_ttl, prefix=r.prefix)
 
+    def install(self, extension: Extension) -> None:
+        """Install ``extension`` before ``start``: its RPC methods, HTTP prefixes, access
+        providers and listeners join the node's tables. A name, method, prefix or provider
+        already taken is refused (ValueError), so two products never shadow each other."""
+        name = extension.name
+        if name in self.extensions:
+            raise ValueError(f"extension {name!r} is already installed")
+        reg = extension.register(Engine(self))
+        taken = sorted(set(reg.rpc_methods) & set(self.rpc_handlers))
+        if taken:
+            raise ValueError(f"extension {name!r}: RPC methods already registered: {', '.join(taken)}")
+        taken = sorted(set(reg.access_checks) & set(self.access_providers))
+        if taken:
+            raise ValueError(f"extension {name!r}: access providers already registered: {', '.join(taken)}")
+        ours = [p for p, _ in self.http_prefixes]
+        for prefix in reg.http_prefixes:
+            if not prefix.startswith("/"):
+                raise ValueError(f"extension {name!r}: HTTP prefix {prefix!r} must start with '/'")
+            clash = [p for p in (*RESERVED_PREFIXES, *ours) if p.startswith(prefix) or prefix.startswith(p)]
+            if clash:
+                raise ValueError(f"extension {name!r}: HTTP prefix {prefix!r} overlaps {clash[0]!r}")
+        self.extensions[name] = extension
+        self.rpc_handlers.update(reg.rpc_methods)
+        self.access_providers.update(reg.access_checks)
+        self.http_prefixes = sorted([*self.http_prefixes, *reg.http_prefixes.items()],
+                                    key=lambda item: -len(item[0]))
+        if reg.on_user_online is not None:
+            self._online_listeners += (reg.on_user_online,)
+        if reg.on_committed is not None:
+            self._commit_listeners += (reg.on_committed,)
+
+    def http_handler(self, path: str) -> HttpHandler | None:
+        """The handler of the longest registered prefix of ``path``, if any."""
+        for prefix, handler in self.http_prefixes:
+            if path.startswith(prefix):
+                return handler
+        return None
+
+    def _user_online(self, user: str, online: bool) -> None:
+        for listener in self._online_listeners:
+            try:
+                listener(user, online)
+            except Exception:
+                # One product failing must not break connection bookkeeping.
+                log.exception("online listener failed")
+
     @property
     def clustered(self) -> bool:
         """Whether other processes share this node's broker (control, registry, presence)."""
@@ -139,12 +192,8 @@ class Node:
             if not dsn:
                 raise RuntimeError("durable namespaces need storage.postgres_dsn")
             await self.durable.start(dsn)
-        if self.settings.chat.enabled:
-            # The chat product's tables come with the same migrations as the durable store;
-            # the service itself starts with the first chat call (gateway/chat/__init__.py).
-            from gateway.chat import ChatLoader
-
-            self.chat_loader = ChatLoader(self)
+        for extension in self.extensions.values():
+            await extension.start()
         await self.broker.start(self)
         self.timers.start()
         if self.clustered:
@@ -162,8 +211,8 @@ class Node:
             conn.close(codes.SHUTDOWN)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self.chat_loader is not None:
-            await self.chat_loader.stop()
+        for extension in reversed(list(self.extensions.values())):
+            await extension.stop()
         if self.durable is not None:
             await self.durable.close()
         await self.broker.close()
@@ -206,8 +255,8 @@ class Node:
                     gone = conn.session.user
         for effect in conn.session.close():
             self.detach(effect, conn)
-        if gone and self.online_listener is not None:
-            self.online_listener(gone, False)
+        if gone and self._online_listeners:
+            self._user_online(gone, False)
 
     def detach(self, effect: effects.UnsubscribeChannel, conn: Connection) -> None:
         """Unsubscribe without waiting (timer expiry, disconnect): local delivery stops now,
@@ -273,8 +322,8 @@ class Node:
                 self.connections[effect.client] = conn
                 user_conns = self.users.setdefault(effect.user, set())
                 user_conns.add(conn)
-                if len(user_conns) == 1 and effect.user and self.online_listener is not None:
-                    self.online_listener(effect.user, True)
+                if len(user_conns) == 1 and effect.user and self._online_listeners:
+                    self._user_online(effect.user, True)
                 return None
             case effects.CheckAccess():
                 check = self.access_providers.get(effect.provider)
@@ -381,6 +430,12 @@ class Node:
     def _committed(self, channel: str, pub: Publication, epoch: str) -> None:
         """A durable publication is committed: fan it out (through Redis to every node when
         several processes share the channel, straight to the hub otherwise)."""
+        if self._commit_listeners:
+            for listener in self._commit_listeners:
+                try:
+                    listener(channel, pub)
+                except Exception:
+                    log.exception("commit listener failed")
         if self.clustered:
             self.broker.publish_committed(channel, pub, epoch)  # type: ignore[attr-defined]
         else:
@@ -388,8 +443,8 @@ class Node:
 
     def _hears_committed(self, channel: str) -> bool:
         """Whether a committed publication of ``channel`` goes anywhere: other processes
-        (through the broker), or a local subscriber."""
-        return self._shared_broker or self.hub.num_subscribers(channel) > 0
+        (through the broker), an extension's commit listener, or a local subscriber."""
+        return self._shared_broker or bool(self._commit_listeners) or self.hub.num_subscribers(channel) > 0
 
     def deliver_publication(self, channel: str, pub: Publication) -> None:
         if self._reorder is not None and pub.offset and self._is_durable(channel):

@@ -18,14 +18,14 @@ import orjson
 from websockets.server import ServerProtocol
 
 from centrifugo_bridge import server_api
-from gateway import cluster_view
+from gateway import LOG_ROOT, cluster_view
 from gateway.api import ServerApi, authorized
 from gateway.connection import Connection
 from gateway.http import Answer, HttpError, RequestHead, parse_head, response
 from gateway.metrics import CONTENT_TYPE_LATEST
 from gateway.node import Node
 
-log = logging.getLogger("sentchat.server")
+log = logging.getLogger(f"{LOG_ROOT}.server")
 
 WEBSOCKET_PATH = "/connection/websocket"
 API_PREFIX = "/api/"
@@ -154,13 +154,9 @@ class GatewayProtocol(asyncio.Protocol):
                 return 401, b"", text
             status, payload = await self.api.call(path[len(API_PREFIX):], body)
             return status, payload, "application/json" if status == 200 else text
-        if path.startswith("/v1/"):
-            loader = self.node.chat_loader
-            if loader is None:
-                return 404, b'{"error":{"code":"not_found","message":"the chat product is not enabled"}}', \
-                    "application/json"
-            _, chat = await loader.load()
-            return await chat.handle(head, body)
+        handler = self.node.http_handler(path)
+        if handler is not None:
+            return await handler(head, body)
         if path == "/health":
             if head.method not in ("GET", "HEAD"):
                 return 405, b"Method Not Allowed", text, {"Allow": "GET, HEAD"}

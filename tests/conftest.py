@@ -23,6 +23,7 @@ import asyncpg
 import jwt
 import pytest
 
+from gateway.compose import build_node
 from gateway.config import Settings, build_settings
 from gateway.node import Node
 from gateway.server import serve
@@ -96,7 +97,7 @@ class Server:
 async def start_server(settings: Settings | dict[str, Any]) -> Server:
     if isinstance(settings, dict):
         settings = build_settings(settings)
-    node = Node(settings)
+    node = build_node(settings)
     await node.start()
     server = await serve(node, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

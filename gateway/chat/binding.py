@@ -22,8 +22,8 @@ from gateway.chat.errors import ChatError, bad_request, unauthorized
 from gateway.chat.service import Actor, ChatService
 
 if TYPE_CHECKING:
+    from gateway.extension import Engine, RpcHandler
     from gateway.http import Answer, RequestHead
-    from gateway.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,9 @@ def _convert(op: Op, fields: dict[str, Any]) -> s.Params:
         raise bad_request(str(exc)) from None
 
 
-def _profile(node: Node, client: str) -> dict[str, Any] | None:
+def _profile(engine: Engine, client: str) -> dict[str, Any] | None:
     """Profile fields (name, email, title, manager) from the connection token's ``info``."""
-    conn = node.connections.get(client)
-    info = conn.session.conn_info if conn is not None else b""
+    info = engine.connection_info(client)
     if not info:
         return None
     try:
@@ -134,20 +133,18 @@ def _profile(node: Node, client: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def install_rpc(node: Node, service: ChatService) -> None:
-    """Register every RPC-exposed operation as a Centrifugo RPC method."""
-    for op in OPS:
-        if op.rpc:
-            node.rpc_handlers[op.name] = _rpc_method(node, service, op)
+def rpc_methods(engine: Engine, service: ChatService) -> dict[str, RpcHandler]:
+    """Every RPC-exposed operation as a Centrifugo RPC method, by name."""
+    return {op.name: _rpc_method(engine, service, op) for op in OPS if op.rpc}
 
 
-def _rpc_method(node: Node, service: ChatService, op: Op) -> Callable[[str, str, bytes], Awaitable[bytes]]:
+def _rpc_method(engine: Engine, service: ChatService, op: Op) -> RpcHandler:
     handler = _handler(service, op)
 
     async def call(user: str, client: str, data: bytes) -> bytes:
         try:
             params = _decode(op, data)
-            actor = await service.actor(user, _profile(node, client))
+            actor = await service.actor(user, _profile(engine, client))
             result = await handler(actor, params)
         except ChatError as exc:
             raise ClientError(exc.status, f"{exc.code}: {exc.message}") from None
@@ -169,8 +166,8 @@ def _compile(path: str) -> re.Pattern[str]:
 class ChatHttp:
     """The ``/v1/`` HTTP API: routing, bearer-token / API-key auth, JSON in and out."""
 
-    def __init__(self, node: Node, service: ChatService) -> None:
-        self.node = node
+    def __init__(self, engine: Engine, service: ChatService) -> None:
+        self.engine = engine
         self.service = service
         self.routes = [_Route(op, _compile(op.path)) for op in OPS]
         self._openapi: bytes | None = None
@@ -247,12 +244,7 @@ class ChatHttp:
         return status, msgspec.json.encode(result), JSON
 
     def _api_key_ok(self, headers: Mapping[str, str]) -> bool:
-        from gateway.api import authorized
-
-        api = self.node.settings.http_api
-        if not api.key or "x-api-key" not in headers and not headers.get("authorization", "").startswith("apikey "):
-            return False
-        return authorized(headers, {}, api.key, False)
+        return self.engine.carries_api_key(headers)
 
     async def _bearer(self, headers: Mapping[str, str]) -> Actor:
         from centrifugo_bridge.tokens import InvalidToken, TokenExpired
@@ -262,7 +254,7 @@ class ChatHttp:
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized()
         try:
-            claims = await self.node.verifier.verify(token.strip())
+            claims = await self.engine.verify_token(token.strip())
         except TokenExpired:
             raise unauthorized("token expired") from None
         except InvalidToken:
@@ -270,7 +262,7 @@ class ChatHttp:
         if "channel" in claims:
             # A subscription token grants one channel, never the user's whole API.
             raise unauthorized("a subscription token cannot authenticate API calls")
-        user = claims.get(self.node.settings.client.token.user_id_claim or "sub")
+        user = claims.get(self.engine.settings.client.token.user_id_claim or "sub")
         if not isinstance(user, str) or not user:
             raise unauthorized("the token names no user")
         info = claims.get("info")

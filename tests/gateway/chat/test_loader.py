@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.chat import RPC_METHODS
+from gateway.chat import RPC_METHODS, ChatExtension
 from gateway.chat.binding import OPS
 from tests.conftest import create_database, drop_database, start_server, stop_server
 from tests.gateway.chat.conftest import ChatEnv, chat_settings, rpc
@@ -18,12 +18,12 @@ async def test_service_starts_with_the_first_call(pg_dsn: str) -> None:
     srv = await start_server(chat_settings(dsn))
     sdk = Sdk(protobuf=False)
     try:
-        node = srv.node
-        assert node.chat_loader is not None and node.chat is None and not node.chat_loader.loaded
+        ext = srv.node.extensions["chat"]
+        assert isinstance(ext, ChatExtension) and ext.service is None and not ext.loaded
         env = ChatEnv(srv, dsn, sdk)
         # HTTP loads it (the admin route), and RPC then finds it loaded.
         alice = await env.user("alice")
-        assert node.chat is not None and node.chat_loader.loaded
+        assert ext.service is not None and ext.loaded
         client, _ = await env.connect(alice)
         created = await rpc(client, "channels.create", name=f"lazy-{alice}")
         assert created["channel"]["member_role"] == "admin"
@@ -41,7 +41,8 @@ async def test_first_call_over_rpc(pg_dsn: str) -> None:
         # A connection (online announcement) and an RPC arriving before anything else.
         client, _ = await sdk.connect(srv, "bob")
         listed = await rpc(client, "channels.list")
-        assert listed == {"channels": []} and srv.node.chat is not None
+        ext = srv.node.extensions["chat"]
+        assert listed == {"channels": []} and isinstance(ext, ChatExtension) and ext.loaded
     finally:
         await sdk.close()
         await stop_server(srv)
