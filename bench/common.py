@@ -24,6 +24,8 @@ from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
 from typing import Any
 
+from storage.embedded import die_with_parent, free_port, valkey_command
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -299,12 +301,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 # ---- the gateway under test -----------------------------------------------------------------
 
 # The benchmark's own configuration, so that a change of the embedded defaults does not
@@ -337,14 +333,6 @@ allow_history_for_subscriber = true
 def bench_config(durable: bool = False) -> str:
     """TOML for `sentchat serve --config`: the namespace the benchmarks publish into."""
     return _CONFIG.format(history=_CHAT_HISTORY[durable])
-
-
-def _die_with_parent() -> None:
-    """Runs in the forked child before exec: SIGTERM it if the benchmark process dies."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class GatewayProcess:
@@ -451,7 +439,7 @@ class GatewayProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
         log.close()
         deadline = time.monotonic() + timeout
         url = f"http://{self.host}:{self.port}/health"
@@ -552,14 +540,9 @@ class ValkeyProcess:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        from gateway.workers import valkey_binary
-
         self.proc = subprocess.Popen(
-            [valkey_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no",
-             "--save", "", "--appendonly", "no", "--dir", self.tmp.name, "--protected-mode", "no",
-             "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            valkey_command(self.port, self.tmp.name), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM))
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
