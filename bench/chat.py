@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -62,19 +60,21 @@ from bench.common import (
     ROOT,
     GatewayProcess,
     Histogram,
+    WsClient,
+    abort_all,
     client_frame,
     collect_from_pipes,
     cpu_seconds,
     free_port,
     machine_info,
-    parse_server_frames,
+    next_message,
+    open_ws,
+    pipe_inbox,
     run_client_process,
     split_evenly,
 )
 from bench.durable import Postgres, cpu_delta
 
-WS_PATH = "/connection/websocket"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TARGET_P95_MS = 50.0
 DEFAULTS_TOML = ROOT / "gateway" / "defaults.toml"
 PAGE = 50
@@ -93,68 +93,26 @@ def token_for(secret: str, user: str) -> str:
 # ---- a minimal Centrifugo JSON-protocol client over raw WebSocket framing -----------------
 
 
-class WsClient(asyncio.Protocol):
-    """One WebSocket connection speaking the Centrifugo client protocol (JSON): commands
-    with futures for their replies, pushes handed to ``on_push`` with their arrival time.
-    No task per connection, so a process holds hundreds cheaply."""
+class RpcClient(WsClient):
+    """One connection (bench/common.py's WsClient) speaking the Centrifugo client protocol
+    (JSON): commands with futures for their replies, pushes handed to ``on_push`` with their
+    arrival time."""
 
     def __init__(self, host_header: str, token: str,
                  on_push: Callable[[dict[str, Any], int], None] | None = None) -> None:
-        self.ws_key = base64.b64encode(os.urandom(16))
-        self.hello = (b"GET " + WS_PATH.encode() + b" HTTP/1.1\r\nHost: " + host_header.encode()
-                      + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
-                      + self.ws_key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        super().__init__(host_header, asyncio.get_running_loop().create_future())
         self.token = token
         self.on_push = on_push
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.upgraded = False
         self.next_id = 0
         self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.closed: str | None = None
         self.pings = 0
 
-    # asyncio callbacks
+    def on_upgraded(self) -> None:
+        fut = self.command({"connect": {"token": self.token, "name": "sentchat-bench-chat"}})
+        fut.add_done_callback(self._connected)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.hello)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        buf = self.buf
-        buf += data
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
-            if " 101 " not in head.split("\r\n", 1)[0] + " " or accept.lower() not in head.lower():
-                self._gone(f"handshake refused: {head.splitlines()[0] if head else '?'}")
-                return
-            self.upgraded = True
-            fut = self.command({"connect": {"token": self.token, "name": "sentchat-bench-chat"}})
-            fut.add_done_callback(self._connected)
-        frames, error = parse_server_frames(buf)
-        for op, payload in frames:
-            if op == 0x1:
-                self._on_text(payload, now)
-            elif op == 0x8:
-                self._gone(f"closed by server: {int.from_bytes(payload[:2], 'big') if payload else 1005} "
-                           f"{payload[2:].decode(errors='replace')}")
-                return
-            elif op == 0x9:
-                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
-        if error is not None:
-            self._gone(f"protocol error: {error}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._gone(f"connection lost: {exc!r}" if exc else "connection lost")
-
-    # protocol
+    def note_ping(self) -> None:
+        self.pings += 1
 
     def _connected(self, fut: asyncio.Future[dict[str, Any]]) -> None:
         if self.ready.done():
@@ -169,8 +127,8 @@ class WsClient(asyncio.Protocol):
     def command(self, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         """Send one command; the future gets its reply (``error`` included, not raised)."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.closed is not None or self.transport is None:
-            fut.set_exception(ConnectionError(self.closed or "not connected"))
+        if self.closing or self.transport is None:
+            fut.set_exception(ConnectionError(self.end_reason or "not connected"))
             return fut
         self.next_id += 1
         self.waiting[self.next_id] = fut
@@ -184,11 +142,10 @@ class WsClient(asyncio.Protocol):
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply.get("rpc", {}).get("data", {})
 
-    def _on_text(self, payload: bytes, now: int) -> None:
+    def on_text(self, payload: bytes, now: int) -> None:
         for line in payload.split(b"\n") if b"\n" in payload else (payload,):
             if line == b"{}":  # the server's ping: answered with an empty command
-                self.pings += 1
-                self.transport.write(client_frame(b"{}"))  # type: ignore[union-attr]
+                self.pong()
                 continue
             msg = orjson.loads(line)
             rid = msg.get("id")
@@ -199,41 +156,34 @@ class WsClient(asyncio.Protocol):
             elif self.on_push is not None and "push" in msg:
                 self.on_push(msg["push"], now)
 
-    def _gone(self, reason: str) -> None:
-        if self.closed is not None:
-            return
-        self.closed = reason
+    def end(self, reason: str, *, abort: bool = True) -> None:
+        super().end(reason, abort=abort)
+        self._fail_waiting(reason)
+
+    def abort(self) -> None:
+        super().abort()
+        self._fail_waiting(self.end_reason or "closed by the benchmark")
+
+    def _fail_waiting(self, reason: str) -> None:
         for fut in self.waiting.values():
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
         self.waiting.clear()
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-        if self.transport is not None:
-            self.transport.abort()
 
     def close(self) -> None:
-        self.closed = self.closed or "closed by the benchmark"
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort()
 
 
 async def ws_open(host: str, port: int, token: str,
                   on_push: Callable[[dict[str, Any], int], None] | None = None,
-                  limit_s: float = 30.0) -> WsClient:
+                  limit_s: float = 30.0) -> RpcClient:
     """A connected (Centrifugo ``connect`` answered) client, within ``limit_s`` seconds."""
-    loop = asyncio.get_running_loop()
-    proto = WsClient(f"{host}:{port}", token, on_push)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
+    proto = RpcClient(f"{host}:{port}", token, on_push)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), limit_s)
-        await loop.create_connection(lambda: proto, sock=sock)
+        await open_ws(proto, host, port, None, limit_s)
         await asyncio.wait_for(proto.ready, limit_s)
     except BaseException:
         proto.close()
-        sock.close()
         raise
     return proto
 
@@ -339,27 +289,12 @@ class Deliveries:
 
 async def _subscriber_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            inbox.put_nowait(pipe.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(pipe.fileno())
-            inbox.put_nowait(None)
-
-    loop.add_reader(pipe.fileno(), readable)
-
-    async def next_message() -> Any:
-        msg = await inbox.get()
-        if msg is None:  # the parent is gone
-            raise SystemExit(0)
-        return msg
+    inbox = pipe_inbox(pipe)
 
     users: list[str] = cfg["users"][index]
     channel: str = cfg["channel"]
     deliveries = Deliveries(len(users), cfg["max_seq"])
-    conns: list[WsClient | None] = [None] * len(users)
+    conns: list[RpcClient | None] = [None] * len(users)
     failures: dict[str, int] = {}
     sem = asyncio.Semaphore(cfg["concurrency"])
 
@@ -384,7 +319,7 @@ async def _subscriber_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     await asyncio.gather(*(one(i) for i in range(len(users))))
     pipe.send(("ready", {"subscribed": sum(1 for c in conns if c is not None), "failures": failures,
                          "seconds": round(time.perf_counter() - started, 2)}))
-    msg = await next_message()
+    msg = await next_message(inbox)
     while msg[0] == "check":
         acked: list[int] = msg[1]
         missing = duplicated = unexpected = 0
@@ -403,12 +338,10 @@ async def _subscriber_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
             "unexpected": unexpected, "received": deliveries.latency.n,
             "latency": deliveries.latency.to_dict(), "other_events": deliveries.other,
             "personal_pushes": deliveries.personal, "unparsable": deliveries.bad,
-            "closed": sum(1 for c in conns if c is not None and c.closed is not None),
+            "closed": sum(1 for c in conns if c is not None and c.end_reason is not None),
             "pings": sum(c.pings for c in conns if c is not None)}))
-        msg = await next_message()
-    for c in conns:
-        if c is not None:
-            c.close()
+        msg = await next_message(inbox)
+    await abort_all(conns)
     loop.remove_reader(pipe.fileno())
 
 
@@ -585,7 +518,7 @@ async def run_list(gw: GatewayProcess, channel_id: str, reader: str, lo: int, hi
 
     async def worker(w: int) -> None:
         rng = random.Random(seed * 1000 + w)
-        ws: WsClient | None = None
+        ws: RpcClient | None = None
         http: HttpClient | None = None
         if transport == "rpc":
             ws = await ws_open(gw.host, gw.port, token)

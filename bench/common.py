@@ -1,10 +1,13 @@
 """Pieces shared by the benchmarks: a compact latency histogram, the gateway under test as a
-subprocess, /proc readings and a description of the machine."""
+subprocess, /proc readings, a description of the machine, and the one raw WebSocket load
+client (connect from a source address, frame loop, ping/close, abort-all) every suite uses."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 import platform
 import random
@@ -18,11 +21,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
 from typing import Any
+
+from storage.embedded import die_with_parent, free_port, valkey_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -299,12 +304,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 # ---- the gateway under test -----------------------------------------------------------------
 
 # The benchmark's own configuration, so that a change of the embedded defaults does not
@@ -337,14 +336,6 @@ allow_history_for_subscriber = true
 def bench_config(durable: bool = False) -> str:
     """TOML for `sentchat serve --config`: the namespace the benchmarks publish into."""
     return _CONFIG.format(history=_CHAT_HISTORY[durable])
-
-
-def _die_with_parent() -> None:
-    """Runs in the forked child before exec: SIGTERM it if the benchmark process dies."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class GatewayProcess:
@@ -451,7 +442,7 @@ class GatewayProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
         log.close()
         deadline = time.monotonic() + timeout
         url = f"http://{self.host}:{self.port}/health"
@@ -552,14 +543,9 @@ class ValkeyProcess:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        from gateway.workers import valkey_binary
-
         self.proc = subprocess.Popen(
-            [valkey_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no",
-             "--save", "", "--appendonly", "no", "--dir", self.tmp.name, "--protected-mode", "no",
-             "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            valkey_command(self.port, self.tmp.name), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM))
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -754,3 +740,270 @@ def collect_from_pipes(pipes: list[Pipe], kind: str, timeout: float) -> list[Any
                 raise RuntimeError(f"client process {i}: expected {kind!r}, got {msg[0]!r}")
             got[i] = msg[1]
     return [got[i] for i in range(len(pipes))]
+
+
+# ---- the raw WebSocket load client every suite uses ---------------------------------------
+
+WS_PATH = "/connection/websocket"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Linux: bind() picks the address only and connect() the port, so one source address serves
+# 64k connections per destination instead of 28k ephemeral ports shared by all destinations.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+PONG = client_frame(b"{}")
+"""The answer to a Centrifugo server ping (an empty JSON message): an empty command."""
+_time_ns = time.time_ns
+
+
+class WsClient(asyncio.Protocol):
+    """One raw WebSocket client connection over an asyncio transport: the HTTP upgrade, the
+    frame loop, ping/pong, the close handshake and the end of the connection — no task per
+    connection, so one process holds thousands. A suite subclasses it and implements
+    :meth:`on_text` (and may read its hot frames itself before :meth:`read_frames`).
+
+    ``ready`` is the suite's "connected" future: the subclass resolves it (connect or
+    subscribe reply); an end before that fails it with ConnectionError(reason)."""
+
+    __slots__ = ("transport", "buf", "upgraded", "ws_key", "request", "first_frame", "ready",
+                 "t0", "closing", "end_reason")
+
+    def __init__(self, host_header: str, ready: asyncio.Future[Any], first_frame: bytes = b"",
+                 path: str = WS_PATH) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded = False
+        self.ws_key = base64.b64encode(os.urandom(16))
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.ws_key.decode()}\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        # Sent as soon as the upgrade is answered: the connect (and subscribe) commands
+        # pipelined, so a connection costs one round trip after the handshake.
+        self.first_frame = first_frame
+        self.ready = ready
+        self.t0 = time.perf_counter()
+        self.closing = False
+        self.end_reason: str | None = None
+
+    # -- what a suite implements ------------------------------------------------------------
+
+    def on_text(self, payload: bytes, now: int) -> None:
+        """One text frame (newline-separated JSON messages) received at ``now`` (ns)."""
+        raise NotImplementedError
+
+    def on_gone(self, reason: str) -> None:
+        """The connection ended after it was ready (not by :meth:`abort`)."""
+
+    def on_upgraded(self) -> None:
+        """The server accepted the upgrade (``first_frame`` already sent)."""
+
+    def note_ping(self) -> None:
+        """A server ping was answered."""
+
+    def note_protocol_error(self) -> None:
+        """The server sent something the protocol does not allow (the connection ends)."""
+
+    # -- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = _time_ns()
+        self.buf += data
+        if self.upgraded or self.upgrade():
+            self.read_frames(now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end(f"connection lost: {type(exc).__name__}" if exc else "connection lost", abort=False)
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def upgrade(self) -> bool:
+        """Take the HTTP response off the front of ``buf``; True once the connection is a
+        WebSocket (the first frame sent), False while incomplete or after a refusal."""
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = bytes(buf[:end]).decode("latin-1")
+        del buf[: end + 4]
+        status = head.split("\r\n", 1)[0]
+        if " 101 " not in status + " ":
+            self.end(f"handshake {status[9:12] or repr(status)}")
+            return False
+        accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
+        if f"sec-websocket-accept: {accept}".lower() not in head.lower():
+            self.end("bad Sec-WebSocket-Accept")
+            return False
+        self.upgraded = True
+        if self.first_frame:
+            self.transport.write(self.first_frame)  # type: ignore[union-attr]
+        self.on_upgraded()
+        return True
+
+    def read_frames(self, now: int) -> None:
+        """Handle the complete frames in ``buf``."""
+        frames, error = parse_server_frames(self.buf)
+        for op, payload in frames:
+            if op == 0x1:
+                self.on_text(payload, now)
+            elif op == 0x8:
+                self.on_close_frame(payload)
+                return
+            elif op == 0x9:
+                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
+            elif op != 0xA:
+                self.protocol_error(f"opcode {op}")
+                return
+            if self.closing:  # on_text ended it (an error reply, a protocol error)
+                return
+        if error is not None:
+            self.protocol_error(error)
+
+    def pong(self) -> None:
+        """Answer a server ping."""
+        self.note_ping()
+        self.transport.write(PONG)  # type: ignore[union-attr]
+
+    def on_close_frame(self, payload: bytes) -> None:
+        """The server closes: answer its close frame, then close our side."""
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        reason = payload[2:].decode(errors="replace")
+        if self.closing:
+            return
+        self.end(f"close {code} {reason}".strip(), abort=False)
+        self.transport.write(client_frame(payload[:2], 0x8))  # type: ignore[union-attr]
+        self.transport.close()  # type: ignore[union-attr]
+
+    def protocol_error(self, what: str) -> None:
+        self.note_protocol_error()
+        self.end(f"protocol error: {what}")
+
+    def end(self, reason: str, *, abort: bool = True) -> None:
+        """The connection is over (once): before ``ready`` it fails ``ready`` with
+        ConnectionError(reason), after it the suite hears :meth:`on_gone`."""
+        if self.closing:
+            return
+        self.closing = True
+        self.end_reason = reason
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        else:
+            self.on_gone(reason)
+        if abort and self.transport is not None:
+            self.transport.abort()
+
+    def abort(self) -> None:
+        """The bench itself drops the connection (shutdown, a timeout): nothing is reported."""
+        self.closing = True
+        self.end_reason = self.end_reason or "aborted by the benchmark"
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def client_socket(source: str | None) -> socket.socket:
+    """A non-blocking TCP socket, bound to the loopback ``source`` address when given (every
+    client process its own: the kernel's port range is per source address)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_ws(proto: WsClient, host: str, port: int, source: str | None, limit_s: float) -> None:
+    """Connect ``proto`` over TCP (from ``source``); the upgrade then runs by itself.
+    Raises OSError or TimeoutError (the socket closed)."""
+    loop = asyncio.get_running_loop()
+    sock = client_socket(source)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), limit_s)
+        await loop.create_connection(lambda: proto, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def connect_ws(proto: WsClient, host: str, port: int, source: str | None, limit_s: float,
+                     waiting_for: str = "connect reply") -> str | None:
+    """Open ``proto`` and wait for its ``ready``: None when ready, else why not, in the words
+    the reports count failures by."""
+    try:
+        await open_ws(proto, host, port, source, limit_s)
+    except (TimeoutError, OSError) as exc:
+        return f"tcp connect: {type(exc).__name__} {getattr(exc, 'errno', '') or ''}".strip()
+    try:
+        await asyncio.wait_for(asyncio.shield(proto.ready), limit_s)
+    except TimeoutError:
+        proto.abort()
+        return f"timeout waiting for {waiting_for}"
+    except ConnectionError as exc:
+        return str(exc)
+    return None
+
+
+async def connect_many(count: int, connect_one: Callable[[int], Awaitable[None]], concurrency: int,
+                       rate: float = 0.0) -> None:
+    """``connect_one(i)`` for i in 0..count-1, at most ``concurrency`` at once and, with a
+    ``rate``, started at that many per second (a paced ramp: a burst of handshakes measures
+    the accept queue, not the gateway)."""
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+    tasks = []
+
+    async def one(i: int) -> None:
+        try:
+            await connect_one(i)
+        finally:
+            sem.release()
+
+    for i in range(count):
+        if rate > 0:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await sem.acquire()
+        tasks.append(loop.create_task(one(i)))
+    await asyncio.gather(*tasks)
+
+
+async def abort_all(clients: Iterable[WsClient | None]) -> None:
+    """Drop every connection at once (the end of a run: no close handshakes to wait for)."""
+    for c in clients:
+        if c is not None:
+            c.abort()
+    await asyncio.sleep(0)
+
+
+def pipe_inbox(pipe: Pipe) -> asyncio.Queue[Any]:
+    """Messages from the parent process as an asyncio queue; None once the parent is gone.
+    Call within the running loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            # uvloop makes a watched fd non-blocking; a large message must be read whole.
+            os.set_blocking(pipe.fileno(), True)
+            queue.put_nowait(pipe.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(pipe.fileno())
+            queue.put_nowait(None)
+
+    loop.add_reader(pipe.fileno(), readable)
+    return queue
+
+
+async def next_message(inbox: asyncio.Queue[Any]) -> Any:
+    """The parent's next message; a parent that went away stops the client process."""
+    msg = await inbox.get()
+    if msg is None:
+        raise SystemExit(0)
+    return msg

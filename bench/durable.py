@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -48,13 +47,18 @@ from bench.common import (
     ROOT,
     GatewayProcess,
     Histogram,
+    WsClient,
+    abort_all,
     bucket_index,
     children_of,
     client_frame,
+    connect_many,
+    connect_ws,
     cpu_seconds,
     free_port,
     machine_info,
-    parse_server_frames,
+    next_message,
+    pipe_inbox,
     run_client_process,
     speed_check_ms,
 )
@@ -68,9 +72,6 @@ from bench.common import (
     split_evenly as _split,
 )
 
-WS_PATH = "/connection/websocket"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NAMESPACE = "log"
 TARGET_RATE = 20_000
@@ -146,25 +147,6 @@ def jiffies_window(a: dict[str, int], b: dict[str, int]) -> dict[str, float]:
             "core_s": wall_core_s}
 
 
-async def _pipe_messages(pipe: Pipe) -> asyncio.Queue[Any]:
-    """Messages from the parent as an asyncio queue (None when the parent went away)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            queue.put_nowait(pipe.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(pipe.fileno())
-            queue.put_nowait(None)
-
-    loop.add_reader(pipe.fileno(), readable)
-    return queue
-
-
-# ---- client side (runs in each client process) -------------------------------------------
-
-
 class LoadState:
     """One client process's counters; a phase resets the per-phase ones."""
 
@@ -215,100 +197,30 @@ def _cpu_self() -> float:
 PUBLISH_OK = b',"publish":{}}'
 
 
-class Publisher(asyncio.Protocol):
-    """One connection keeping ``pipeline`` publish commands in flight: raw WebSocket
-    framing over a transport, no task per connection. Replies arrive in command order."""
+class Publisher(WsClient):
+    """One connection (bench/common.py's WsClient) keeping ``pipeline`` publish commands in
+    flight. Replies arrive in command order."""
 
-    __slots__ = ("st", "transport", "buf", "upgraded", "ws_key", "hello", "ready", "t0",
-                 "inflight", "next_id", "tag", "closing", "__weakref__")
+    __slots__ = ("st", "inflight", "next_id", "tag", "__weakref__")
 
-    def __init__(self, st: LoadState, tag: int, host_header: str, token: str, t0: float,
+    def __init__(self, st: LoadState, tag: int, host_header: str, token: str,
                  ready: asyncio.Future[None]) -> None:
-        import base64
-
+        super().__init__(host_header, ready, client_frame(
+            orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})))
         self.st = st
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.upgraded = False
-        self.ws_key = base64.b64encode(os.urandom(16))
-        self.hello = (
-            b"GET " + WS_PATH.encode() + b" HTTP/1.1\r\nHost: " + host_header.encode()
-            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + self.ws_key
-            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            client_frame(orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})),
-        )
-        self.ready = ready
-        self.t0 = t0
         self.inflight: deque[tuple[int, int]] = deque()  # (command id, send time ns)
         self.next_id = 1
         self.tag = str(tag).encode()
-        self.closing = False
 
-    # asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.hello[0])
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        buf = self.buf
-        buf += data
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            if not self._handshake_ok(head):
-                return
-            self.upgraded = True
-            self.transport.write(self.hello[1])  # type: ignore[union-attr]
-        frames, error = parse_server_frames(buf)
-        for op, payload in frames:
-            if op == 0x1:
-                if not self._on_text(payload, now):
-                    return
-            elif op == 0x8:
-                self._on_close(payload)
-                return
-            elif op == 0x9:
-                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
-            elif op != 0xA:
-                self._protocol_error(f"opcode {op}")
-                return
-        if error is not None:
-            self._protocol_error(error)
-            return
+    def read_frames(self, now: int) -> None:
+        super().read_frames(now)
         self.refill()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closing:
-            return
-        self.closing = True
-        self._gone(f"connection lost: {type(exc).__name__}" if exc else "connection lost")
+    def note_ping(self) -> None:
+        self.st.pings += 1
 
-    # protocol
-
-    def _handshake_ok(self, head: str) -> bool:
-        import base64
-        import hashlib
-
-        status = head.split("\r\n", 1)[0]
-        if " 101 " not in status + " ":
-            self._fail_handshake(f"handshake {status[9:12] or status!r}")
-            return False
-        accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
-        if f"sec-websocket-accept: {accept}".lower() not in head.lower():
-            self._fail_handshake("bad Sec-WebSocket-Accept")
-            return False
-        return True
-
-    def _fail_handshake(self, reason: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-        self.closing = True
-        self.transport.abort()  # type: ignore[union-attr]
+    def note_protocol_error(self) -> None:
+        self.st.protocol_errors += 1
 
     def refill(self) -> None:
         """Top the connection up to ``pipeline`` publishes in flight, in one frame."""
@@ -334,12 +246,11 @@ class Publisher(asyncio.Protocol):
         st.outstanding += missing
         self.transport.write(client_frame(b"\n".join(parts)))  # type: ignore[union-attr]
 
-    def _on_text(self, payload: bytes, now: int) -> bool:
+    def on_text(self, payload: bytes, now: int) -> None:
         st = self.st
         for line in payload.split(b"\n") if b"\n" in payload else (payload,):
             if line == b"{}":  # server ping: answer with an empty command
-                st.pings += 1
-                self.transport.write(client_frame(b"{}"))  # type: ignore[union-attr]
+                self.pong()
                 continue
             if line.startswith(b'{"id":') and line.endswith(PUBLISH_OK):
                 # The common reply, read by position (the clients share the cores with the
@@ -349,8 +260,8 @@ class Publisher(asyncio.Protocol):
                 try:
                     msg = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    self._protocol_error("bad JSON")
-                    return False
+                    self.protocol_error("bad JSON")
+                    return
                 rid = msg.get("id")
                 if not rid:
                     st.other_pushes += 1
@@ -358,21 +269,18 @@ class Publisher(asyncio.Protocol):
                 err = msg.get("error")
             if rid == 1:
                 if self.ready.done():
-                    self._protocol_error("second connect reply")
-                    return False
+                    self.protocol_error("second connect reply")
+                    return
                 if err is not None:
-                    self.ready.set_exception(ConnectionError(
-                        f"connect error {err.get('code')} {err.get('message', '')}"))
-                    self.closing = True
-                    self.transport.abort()  # type: ignore[union-attr]
-                    return False
+                    self.end(f"connect error {err.get('code')} {err.get('message', '')}")
+                    return
                 st.connect.record(int((time.perf_counter() - self.t0) * 1e6))
                 self.ready.set_result(None)
                 continue
             inflight = self.inflight
             if not inflight or inflight[0][0] != rid:
-                self._protocol_error(f"reply {rid} out of order")
-                return False
+                self.protocol_error(f"reply {rid} out of order")
+                return
             sent = inflight.popleft()[1]
             st.answered()
             if err is not None:
@@ -388,28 +296,8 @@ class Publisher(asyncio.Protocol):
                 h.total += lat
                 if lat > h.max:
                     h.max = lat
-        return True
 
-    def _on_close(self, payload: bytes) -> None:
-        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-        reason = payload[2:].decode(errors="replace")
-        if not self.closing:
-            self.closing = True
-            self._gone(f"close {code} {reason}".strip())
-            self.transport.write(client_frame(payload[:2], 0x8))  # type: ignore[union-attr]
-            self.transport.close()  # type: ignore[union-attr]
-
-    def _protocol_error(self, what: str) -> None:
-        self.st.protocol_errors += 1
-        if not self.closing:
-            self.closing = True
-            self._gone(f"protocol error: {what}")
-            self.transport.abort()  # type: ignore[union-attr]
-
-    def _gone(self, reason: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-            return
+    def on_gone(self, reason: str) -> None:
         self.st.count(self.st.closed, reason)
         # Publishes in flight on a dead connection will never be answered.
         self.st.unanswered_closed += len(self.inflight)
@@ -418,36 +306,14 @@ class Publisher(asyncio.Protocol):
 
 
 async def _connect_one(st: LoadState, cfg: dict[str, Any], source: str, tag: int,
-                       sem: asyncio.Semaphore, conns: list[Publisher]) -> None:
-    loop = asyncio.get_running_loop()
+                       conns: list[Publisher]) -> None:
     token = jwt.encode({"sub": f"bench-{tag}"}, cfg["secret"], algorithm="HS256")
-    async with sem:
-        t0 = time.perf_counter()
-        ready: asyncio.Future[None] = loop.create_future()
-        proto = Publisher(st, tag, f"{cfg['host']}:{cfg['port']}", token, t0, ready)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((source, 0))
-            sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, (cfg["host"], cfg["port"])), cfg["timeout"])
-            await loop.create_connection(lambda: proto, sock=sock)
-        except (TimeoutError, OSError) as exc:
-            sock.close()
-            st.count(st.failed, f"tcp connect: {type(exc).__name__}")
-            return
-        try:
-            await asyncio.wait_for(ready, cfg["timeout"])
-        except TimeoutError:
-            st.count(st.failed, "timeout waiting for connect reply")
-            proto.closing = True
-            if proto.transport is not None:
-                proto.transport.abort()
-            return
-        except ConnectionError as exc:
-            st.count(st.failed, str(exc))
-            return
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    proto = Publisher(st, tag, f"{cfg['host']}:{cfg['port']}", token, ready)
+    why = await connect_ws(proto, cfg["host"], cfg["port"], source, cfg["timeout"])
+    if why is not None:
+        st.count(st.failed, why)
+        return
     conns.append(proto)
     st.ready += 1
 
@@ -495,7 +361,7 @@ async def _run_phase(st: LoadState, conns: list[Publisher], phase: dict[str, Any
 
 async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     loop = asyncio.get_running_loop()
-    inbox = await _pipe_messages(pipe)
+    inbox = pipe_inbox(pipe)
     st = LoadState(cfg)
     source = f"127.0.0.{2 + index}"
     count = cfg["counts"][index]
@@ -503,23 +369,17 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     conns: list[Publisher] = []
     pipe.send(("started", os.getpid()))
 
-    async def next_message() -> Any:
-        msg = await inbox.get()
-        if msg is None:  # the parent is gone: stop by ourselves
-            raise SystemExit(0)
-        return msg
-
-    await next_message()  # "connect"
+    await next_message(inbox)  # "connect"
     started = time.perf_counter()
-    sem = asyncio.Semaphore(cfg["concurrency"])
-    await asyncio.gather(*(_connect_one(st, cfg, source, first + i, sem, conns) for i in range(count)))
+    await connect_many(count, lambda i: _connect_one(st, cfg, source, first + i, conns),
+                       cfg["concurrency"])
     gc.collect()
     gc.freeze()
     pipe.send(("ready", {"ready": st.ready, "failed": st.failed,
                          "connect_s": time.perf_counter() - started,
                          "connect_hist": st.connect.to_dict()}))
     while True:
-        msg = await next_message()
+        msg = await next_message(inbox)
         if msg[0] != "phase":
             break
         result = await _run_phase(st, conns, msg[1])
@@ -527,11 +387,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
         result["connections"] = len(conns)
         result["cpu_s"] = _cpu_self()
         pipe.send(("phase", result))
-    for c in conns:
-        c.closing = True
-        if c.transport is not None:
-            c.transport.abort()
-    await asyncio.sleep(0)
+    await abort_all(conns)
     loop.remove_reader(pipe.fileno())
 
 

