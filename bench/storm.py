@@ -1,7 +1,7 @@
 """Reconnect storms: N of M connections dropped at once while publishing continues.
 
-    python -m bench.storm [--namespace durable,ephemeral] [--connections 1000] [--drop 250]
-                          [--rate 200] [--storms 3] [--workers 1] [--json PATH]
+    python -m bench.storm [--namespace durable,ephemeral] [--connections 500] [--drop 125]
+                          [--rate 20] [--storms 3] [--workers 1] [--json PATH]
 
 For each namespace kind (``durable``: history in PostgreSQL; ``ephemeral``: history in the
 broker), ``sentchat serve`` runs with the benchmark's ``chat`` namespace (forced recovery).
@@ -273,11 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__.split("\n\n")[0])
     p.add_argument("--namespace", default="durable,ephemeral",
                    help="comma-separated kinds: durable (PostgreSQL), ephemeral (broker history)")
-    p.add_argument("--connections", type=int, default=1000, help="subscribed connections (M)")
-    p.add_argument("--drop", type=int, default=250, help="connections dropped per storm (N)")
+    p.add_argument("--connections", type=int, default=500, help="subscribed connections (M)")
+    p.add_argument("--drop", type=int, default=125, help="connections dropped per storm (N)")
     p.add_argument("--storms", type=int, default=3, help="storms per run")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between storms")
-    p.add_argument("--rate", type=float, default=100.0, help="publications per second")
+    p.add_argument("--rate", type=float, default=20.0,
+                   help="publications per second (each one is delivered to every connection)")
     p.add_argument("--workers", type=int, default=1, help="gateway workers (>1: embedded Valkey)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="where to write the results")
