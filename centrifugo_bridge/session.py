@@ -62,7 +62,7 @@ from centrifugo_bridge.tokens import (
     subscription_grant,
 )
 
-__all__ = ["Session", "SessionConfig", "Subscription", "Handler", "TimerActions"]
+__all__ = ["ClientOptions", "Session", "SessionConfig", "Subscription", "Handler", "TimerActions"]
 
 Handler = Generator[effects.Effect, Any, Reply | None]
 
@@ -71,10 +71,13 @@ Handler = Generator[effects.Effect, Any, Reply | None]
 FLAG_REJECT_UNRECOVERED = 2
 
 
-class SessionConfig(msgspec.Struct, frozen=True):
-    """Client-facing protocol settings (Centrifugo `client.*`)."""
+class ClientOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The operator-facing part of the session settings (Centrifugo `client.*` keys).
 
-    version: str = "0.1.0"
+    Declared once here: the gateway's ``[client]`` settings section inherits these fields,
+    so a default written here is the default of the config key of the same name.
+    """
+
     # Seconds between server pings; 0 disables pings. Centrifugo default 25 s.
     ping_interval: float = 25.0
     # A pong must arrive within this many seconds of a ping (Centrifugo default 8 s).
@@ -95,6 +98,13 @@ class SessionConfig(msgspec.Struct, frozen=True):
     history_max_publication_limit: int = 300
     # Cap on publications replayed by one recovery; beyond it the stream is unrecovered.
     recovery_max_publication_limit: int = 300
+
+
+class SessionConfig(ClientOptions, frozen=True):
+    """Client-facing protocol settings: the ``client.*`` options plus what the process adds."""
+
+    version: str = "0.1.0"
+    # The token claim naming the user (the gateway takes it from client.token.user_id_claim).
     user_id_claim: str = "sub"
 
 

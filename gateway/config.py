@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from centrifugo_bridge.channels import ChannelOptions, ChannelRules
-from centrifugo_bridge.session import SessionConfig
+from centrifugo_bridge.channels import ChannelNaming, ChannelOptions, ChannelRules
+from centrifugo_bridge.session import ClientOptions, SessionConfig
 
 __all__ = ["ConfigError", "Settings", "build_settings", "import_centrifugo", "load_settings", "parse_duration"]
 
@@ -40,23 +40,14 @@ class TokenSettings(msgspec.Struct, forbid_unknown_fields=True):
     jwks_cache_ttl: float = 300.0
 
 
-class ClientSettings(msgspec.Struct, forbid_unknown_fields=True):
+class ClientSettings(ClientOptions, forbid_unknown_fields=True):
+    """``[client]``: the session's options (declared once, in ClientOptions) plus the
+    gateway's own: keys, origins and the socket limits."""
+
     token: TokenSettings = msgspec.field(default_factory=TokenSettings)
     # A separate key set for subscription tokens; unset = same as `token`.
     subscription_token: TokenSettings | None = None
     allowed_origins: list[str] = []
-    allow_anonymous_connect_without_token: bool = False
-    disallow_anonymous_connection_tokens: bool = False
-    subscribe_to_user_personal_channel: bool = False
-    personal_channel_namespace: str = ""
-    ping_interval: float = 25.0
-    pong_timeout: float = 8.0
-    stale_close_delay: float = 10.0
-    expired_close_delay: float = 25.0
-    expired_sub_close_delay: float = 25.0
-    channel_limit: int = 128
-    history_max_publication_limit: int = 300
-    recovery_max_publication_limit: int = 300
     # Inbound WebSocket message limit (Centrifugo websocket.message_size_limit); larger -> 1009.
     message_size_limit: int = 65536
     # A subscriber whose unsent bytes pass this is disconnected with 3008 (slow) instead of
@@ -150,15 +141,11 @@ class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
     name: str = ""
 
 
-class ChannelSettings(msgspec.Struct, forbid_unknown_fields=True):
-    without_namespace: ChannelOptions = msgspec.field(default_factory=ChannelOptions)
+class ChannelSettings(ChannelNaming, forbid_unknown_fields=True):
+    """``[channel]``: naming and channels without namespace (declared once, in ChannelNaming)
+    plus the namespaces as a list of named tables, the way a TOML file writes them."""
+
     namespaces: list[NamespaceSettings] = []
-    private_prefix: str = "$"
-    namespace_boundary: str = ":"
-    user_boundary: str = "#"
-    user_separator: str = ","
-    max_length: int = 255
-    insecure: bool = False
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
@@ -178,32 +165,21 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
         return ch.without_namespace.durable or any(ns.durable for ns in ch.namespaces)
 
     def channel_rules(self) -> ChannelRules:
+        """The channel section as the bridge's rules: namespaces keyed by name."""
         ch = self.channel
         namespaces = {}
         for ns in ch.namespaces:
             fields = msgspec.structs.asdict(ns)
             fields.pop("name")
             namespaces[ns.name] = ChannelOptions(**fields)
-        return ChannelRules(
-            without_namespace=ch.without_namespace, namespaces=namespaces,
-            private_prefix=ch.private_prefix, namespace_boundary=ch.namespace_boundary,
-            user_boundary=ch.user_boundary, user_separator=ch.user_separator,
-            max_length=ch.max_length, insecure=ch.insecure)
+        naming = {name: getattr(ch, name) for name in ChannelNaming.__struct_fields__}
+        return ChannelRules(namespaces=namespaces, **naming)
 
     def session_config(self, version: str) -> SessionConfig:
+        """The client section as the bridge's session settings."""
         c = self.client
-        return SessionConfig(
-            version=version, ping_interval=c.ping_interval, pong_timeout=c.pong_timeout,
-            stale_close_delay=c.stale_close_delay, expired_close_delay=c.expired_close_delay,
-            expired_sub_close_delay=c.expired_sub_close_delay,
-            allow_anonymous_connect_without_token=c.allow_anonymous_connect_without_token,
-            disallow_anonymous_connection_tokens=c.disallow_anonymous_connection_tokens,
-            subscribe_to_user_personal_channel=c.subscribe_to_user_personal_channel,
-            personal_channel_namespace=c.personal_channel_namespace,
-            channel_limit=c.channel_limit,
-            history_max_publication_limit=c.history_max_publication_limit,
-            recovery_max_publication_limit=c.recovery_max_publication_limit,
-            user_id_claim=c.token.user_id_claim)
+        options = {name: getattr(c, name) for name in ClientOptions.__struct_fields__}
+        return SessionConfig(version=version, user_id_claim=c.token.user_id_claim, **options)
 
 
 DURATION_KEYS = frozenset({
@@ -465,11 +441,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 _NS_OPTIONS = set(ChannelOptions.__struct_fields__)
 _TOKEN_KEYS = {"hmac_secret_key", "rsa_public_key", "ecdsa_public_key", "jwks_public_endpoint",
                "audience", "issuer", "user_id_claim"}
-_CLIENT_KEYS = {"allowed_origins", "allow_anonymous_connect_without_token",
-                "disallow_anonymous_connection_tokens", "subscribe_to_user_personal_channel",
-                "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
-                "expired_sub_close_delay", "channel_limit", "history_max_publication_limit",
-                "recovery_max_publication_limit", "insecure"}
+# Centrifugo nests personal_channel_namespace under subscribe_to_user_personal_channel;
+# it is translated there, not taken from the top of `client`.
+_CLIENT_KEYS = (set(ClientOptions.__struct_fields__) - {"personal_channel_namespace"}
+                | {"allowed_origins", "insecure"})
 
 
 def import_centrifugo(path: str) -> tuple[dict[str, Any], list[str]]:
