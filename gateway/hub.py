@@ -14,6 +14,7 @@ from typing import Protocol
 from centrifugo_bridge.codecs import JSON, Codec
 from centrifugo_bridge.protocol import ClientInfo, Join, Leave, Publication, Push, Reply
 from gateway.frames import build_frame
+from gateway.subscribe_buffer import SubscribeBuffer
 
 # How long a new subscriber skips live publications its subscribe reply already covered.
 # Across processes the history read (Redis or PostgreSQL) can be ahead of the pub/sub
@@ -26,8 +27,8 @@ LATE_WINDOW = 5.0
 class Subscriber(Protocol):
     codec: Codec
     # Channels being subscribed right now: their pushes wait until the subscribe reply is
-    # written (None when nothing is being subscribed, the common case).
-    buffering: dict[str, list[tuple[int, bytes]]] | None
+    # written (None when nothing is being subscribed, the common case: one check a push).
+    buffering: SubscribeBuffer | None
 
     def write_frame(self, frame: bytes) -> None: ...
 
@@ -155,9 +156,7 @@ class Hub:
                 if frame is None:
                     frame = frames[codec.name] = build_frame(codec.encode_reply(reply), codec.binary)
             buffering = sub.buffering
-            if buffering is not None and channel in buffering:
-                buffering[channel].append((offset, frame))
-            else:
+            if buffering is None or not buffering.hold(channel, offset, frame):
                 sub.write_frame(frame)
             n += 1
         self.deliveries += n
