@@ -19,6 +19,7 @@ import msgspec
 
 from centrifugo_bridge.channels import ChannelNaming, ChannelOptions, ChannelRules
 from centrifugo_bridge.session import ClientOptions, SessionConfig
+from gateway.broker.redis_urls import parse_redis_url
 
 __all__ = ["ConfigError", "Settings", "build_settings", "import_centrifugo", "load_settings", "parse_duration"]
 
@@ -93,9 +94,12 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
     node_info_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        for url in self.urls:
-            if not url.startswith(("redis://", "rediss://", "valkey://", "unix://")):
-                raise ValueError(f"redis url {url!r} must start with redis://")
+        for i, url in enumerate(self.urls):
+            # The broker's own parser: what passes here, the broker can connect to.
+            try:
+                parse_redis_url(url)
+            except ValueError as exc:
+                raise ValueError(f"urls[{i}]: {exc}") from None
         if self.pubsub_per_shard < 1 or self.presence_ttl <= 0 or self.node_info_interval <= 0:
             raise ValueError("pubsub_per_shard, presence_ttl and node_info_interval must be positive")
 
