@@ -100,7 +100,9 @@ class ClientOptions(msgspec.Struct, forbid_unknown_fields=True):
     recovery_max_publication_limit: int = 300
 
 
-class SessionConfig(ClientOptions, frozen=True):
+# msgspec lets a frozen Struct extend a mutable one (the operator's [client] section extends
+# ClientOptions mutable, the session's copy is frozen); mypy applies the dataclass rule.
+class SessionConfig(ClientOptions, frozen=True):  # type: ignore[misc]
     """Client-facing protocol settings: the ``client.*`` options plus what the process adds."""
 
     version: str = "0.1.0"
@@ -613,7 +615,10 @@ class Session:
                 self.pong_deadline = now + cfg.pong_timeout
         for channel in [c for c, s in self.subs.items()
                         if s.expire_at > 0 and now >= s.expire_at + cfg.expired_sub_close_delay]:
-            frame, effect = self.server_unsubscribe(channel, *codes.UNSUBSCRIBE_EXPIRED)  # type: ignore[misc]
+            out = self.server_unsubscribe(channel, *codes.UNSUBSCRIBE_EXPIRED)
+            if out is None:  # cannot happen: the channel was taken from self.subs just now
+                continue
+            frame, effect = out
             actions.frames.append(frame)
             actions.unsubscribe.append(effect)
         return actions

@@ -213,9 +213,9 @@ def parse_duration(value: Any, key: str) -> float:
             pos = m.end()
         if pos and pos == len(value.strip()):
             return total
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        single = _DURATION.match(value)
+        if single:
+            return float(single.group(1)) * _UNITS[single.group(2) or "s"]
     raise ConfigError(f"config key {key}: expected a duration like \"25s\", got {value!r}")
 
 

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -87,6 +87,8 @@ class Connection:
         ws = self.ws
         ws.receive_data(data)
         for frame in ws.events_received():
+            if not isinstance(frame, Frame):  # after the handshake only frames arrive
+                continue
             op = frame.opcode
             if op is Opcode.TEXT or op is Opcode.BINARY:
                 if self.closed:

@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ import orjson
 from centrifugo_bridge import codes, effects
 from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
 from centrifugo_bridge.protocol import ClientInfo, Publication, Raw, StreamPosition
-from centrifugo_bridge.session import Handler, Session
+from centrifugo_bridge.session import Session
 from centrifugo_bridge.tokens import InvalidToken, TokenExpired
 from gateway import LOG_ROOT, __version__
 from gateway.auth import TokenVerifier
@@ -88,7 +88,7 @@ class Node:
                                           listening=self._hears_committed)
         # (channel, idempotency key) -> (expiry, result) for ephemeral publications.
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
-        self.hub = Hub()
+        self.hub: Hub[Connection] = Hub()
         self.metrics = Metrics()
         self.timers = TimerWheel()
         self.write_buffer_limit = settings.client.write_buffer_limit
@@ -275,7 +275,7 @@ class Node:
 
     # ---- driving a session handler ----------------------------------------------------
 
-    async def drive(self, gen: Handler, conn: Connection,
+    async def drive(self, gen: Generator[effects.Effect, Any, Any], conn: Connection,
                     effect: effects.Effect | None = None) -> Any:
         """Run a session generator to completion, performing each effect it yields;
         ``effect``: the one it already yielded when the caller started it."""

@@ -122,6 +122,7 @@ class RespProtocol(asyncio.Protocol):
         self._buf = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream socket's transport (asyncio types the argument as the base class).
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -487,9 +488,9 @@ class Listener(Owner):
                     fut.set_exception(BrokerUnavailable(detail))
         self._waiters.clear()
         while self._replies:
-            fut = self._replies.popleft()
-            if fut is not None and not fut.done():
-                fut.set_exception(BrokerUnavailable(detail))
+            reply = self._replies.popleft()
+            if reply is not None and not reply.done():
+                reply.set_exception(BrokerUnavailable(detail))
         if not self._closing:
             self._lost.set()
 
