@@ -14,7 +14,7 @@ import msgspec
 from centrifugo_bridge import codes
 from centrifugo_bridge.codes import ClientError
 
-__all__ = ["ChannelOptions", "ChannelRules", "Resolved"]
+__all__ = ["ChannelNaming", "ChannelOptions", "ChannelRules", "Resolved"]
 
 NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
 
@@ -93,11 +93,15 @@ class Resolved(msgspec.Struct, frozen=True):
     user_limited: bool
 
 
-class ChannelRules(msgspec.Struct, forbid_unknown_fields=True):
-    """Channel naming and namespace configuration (Centrifugo `channel.*`)."""
+class ChannelNaming(msgspec.Struct, forbid_unknown_fields=True):
+    """Everything of Centrifugo's `channel.*` but the namespace table.
+
+    Declared once here: :class:`ChannelRules` adds the namespaces as a mapping (how rules
+    look them up), the gateway's ``[channel]`` settings section adds them as a list of
+    named tables (how an operator writes them). Both inherit these fields and defaults.
+    """
 
     without_namespace: ChannelOptions = msgspec.field(default_factory=ChannelOptions)
-    namespaces: dict[str, ChannelOptions] = {}
     private_prefix: str = "$"
     namespace_boundary: str = ":"
     user_boundary: str = "#"
@@ -106,6 +110,12 @@ class ChannelRules(msgspec.Struct, forbid_unknown_fields=True):
     max_length: int = 255
     # client.insecure: every permission check passes (development only).
     insecure: bool = False
+
+
+class ChannelRules(ChannelNaming, forbid_unknown_fields=True):
+    """Channel naming and namespace configuration (Centrifugo `channel.*`)."""
+
+    namespaces: dict[str, ChannelOptions] = {}
 
     def __post_init__(self) -> None:
         for name in self.namespaces:

@@ -83,6 +83,9 @@ class _Field:
         self.wire_type = _VARINT if kind in _VARINT_KINDS else _LEN
         self.tag = _varint_bytes(number << 3 | self.wire_type)
         # Resolved once every table exists, because schemas refer to each other.
+        # The table of a message / repeated message / map field, set by _build_tables (None
+        # for scalars): the encoder and decoder pass it on only for those kinds, hence the
+        # `type: ignore[arg-type]` where they do.
         self.sub: _Table | None = None
 
 
@@ -131,7 +134,8 @@ def _build_tables() -> dict[type[msgspec.Struct], _Table]:
         name: obj
         for name, obj in vars(protocol).items()
         if inspect.isclass(obj)
-        and issubclass(obj, msgspec.Struct)
+        # Every wire Struct derives from _Wire, which declares __proto__.
+        and issubclass(obj, protocol._Wire)
         and obj.__module__ == protocol.__name__
     }
     tables: dict[type[msgspec.Struct], _Table] = {}
@@ -154,9 +158,9 @@ def _build_tables() -> dict[type[msgspec.Struct], _Table]:
         tables[cls] = _Table(cls, fields)
     for table in tables.values():
         for field in table.fields:
-            target = sub_names.get((table.cls, field.name))
-            if target is not None:
-                field.sub = tables[classes[target]]
+            sub = sub_names.get((table.cls, field.name))
+            if sub is not None:
+                field.sub = tables[classes[sub]]
     return tables
 
 
@@ -177,7 +181,7 @@ def _encode(table: _Table, obj: Any, out: bytearray) -> None:
         kind = field.kind
         if kind == _MSG:
             out += field.tag
-            _put_message(field.sub, value, out)  # type: ignore[arg-type]
+            _put_message(field.sub, value, out)  # type: ignore[arg-type]  # sub: set for message kinds
         elif kind == _STRING:
             encoded = value.encode()
             out += field.tag
@@ -201,7 +205,7 @@ def _encode(table: _Table, obj: Any, out: bytearray) -> None:
         elif kind == _REP_MSG:
             for item in value:
                 out += field.tag
-                _put_message(field.sub, item, out)  # type: ignore[arg-type]
+                _put_message(field.sub, item, out)  # type: ignore[arg-type]  # sub: set for message kinds
         elif kind == _REP_STRING:
             for item in value:
                 encoded = item.encode()
@@ -221,7 +225,7 @@ def _encode(table: _Table, obj: Any, out: bytearray) -> None:
                 entry = bytearray()
                 _put_string_entry(entry, _ENTRY_KEY_TAG, key)
                 entry += _ENTRY_VALUE_TAG
-                _put_message(field.sub, item, entry)  # type: ignore[arg-type]
+                _put_message(field.sub, item, entry)  # type: ignore[arg-type]  # sub: set for message kinds
                 out += field.tag
                 _put_varint(out, len(entry))
                 out += entry
@@ -368,13 +372,13 @@ def _decode_entry(
         else:
             # A second value in the same entry replaces the first rather than merging
             # into it; no client sends one.
-            value = _decode(field.sub, data, pos, stop, depth + 1)  # type: ignore[arg-type]
+            value = _decode(field.sub, data, pos, stop, depth + 1)  # type: ignore[arg-type]  # sub: set for message kinds
         pos = stop
     if value is None:
         if field.kind == _MAP_STR:
             value = ""
         else:
-            value = _decode(field.sub, b"", 0, 0, depth + 1)  # type: ignore[arg-type]
+            value = _decode(field.sub, b"", 0, 0, depth + 1)  # type: ignore[arg-type]  # sub: set for message kinds
     return key, value
 
 
@@ -419,15 +423,15 @@ def _decode(table: _Table, data: bytes, pos: int, end: int, depth: int) -> Any:
             seen = spans.get(name)
             if seen is None:
                 spans[name] = [(pos, stop)]
-                kwargs[name] = _decode(field.sub, data, pos, stop, depth + 1)  # type: ignore[arg-type]
+                kwargs[name] = _decode(field.sub, data, pos, stop, depth + 1)  # type: ignore[arg-type]  # sub: set for message kinds
             else:
                 # proto3 merges repeated occurrences of a singular message, which is the
                 # same as decoding the concatenation of their bodies.
                 seen.append((pos, stop))
                 joined = b"".join(data[a:b] for a, b in seen)
-                kwargs[name] = _decode(field.sub, joined, 0, len(joined), depth + 1)  # type: ignore[arg-type]
+                kwargs[name] = _decode(field.sub, joined, 0, len(joined), depth + 1)  # type: ignore[arg-type]  # sub: set for message kinds
         elif kind == _REP_MSG:
-            item = _decode(field.sub, data, pos, stop, depth + 1)  # type: ignore[arg-type]
+            item = _decode(field.sub, data, pos, stop, depth + 1)  # type: ignore[arg-type]  # sub: set for message kinds
             kwargs.setdefault(name, []).append(item)
         elif kind == _REP_STRING:
             kwargs.setdefault(name, []).append(_read_str(data, pos, stop))

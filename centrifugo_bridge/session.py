@@ -62,7 +62,7 @@ from centrifugo_bridge.tokens import (
     subscription_grant,
 )
 
-__all__ = ["Session", "SessionConfig", "Subscription", "Handler", "TimerActions"]
+__all__ = ["ClientOptions", "Session", "SessionConfig", "Subscription", "Handler", "TimerActions"]
 
 Handler = Generator[effects.Effect, Any, Reply | None]
 
@@ -71,10 +71,13 @@ Handler = Generator[effects.Effect, Any, Reply | None]
 FLAG_REJECT_UNRECOVERED = 2
 
 
-class SessionConfig(msgspec.Struct, frozen=True):
-    """Client-facing protocol settings (Centrifugo `client.*`)."""
+class ClientOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The operator-facing part of the session settings (Centrifugo `client.*` keys).
 
-    version: str = "0.1.0"
+    Declared once here: the gateway's ``[client]`` settings section inherits these fields,
+    so a default written here is the default of the config key of the same name.
+    """
+
     # Seconds between server pings; 0 disables pings. Centrifugo default 25 s.
     ping_interval: float = 25.0
     # A pong must arrive within this many seconds of a ping (Centrifugo default 8 s).
@@ -95,6 +98,15 @@ class SessionConfig(msgspec.Struct, frozen=True):
     history_max_publication_limit: int = 300
     # Cap on publications replayed by one recovery; beyond it the stream is unrecovered.
     recovery_max_publication_limit: int = 300
+
+
+# msgspec lets a frozen Struct extend a mutable one (the operator's [client] section extends
+# ClientOptions mutable, the session's copy is frozen); mypy applies the dataclass rule.
+class SessionConfig(ClientOptions, frozen=True):  # type: ignore[misc]
+    """Client-facing protocol settings: the ``client.*`` options plus what the process adds."""
+
+    version: str = "0.1.0"
+    # The token claim naming the user (the gateway takes it from client.token.user_id_claim).
     user_id_claim: str = "sub"
 
 
@@ -603,7 +615,10 @@ class Session:
                 self.pong_deadline = now + cfg.pong_timeout
         for channel in [c for c, s in self.subs.items()
                         if s.expire_at > 0 and now >= s.expire_at + cfg.expired_sub_close_delay]:
-            frame, effect = self.server_unsubscribe(channel, *codes.UNSUBSCRIBE_EXPIRED)  # type: ignore[misc]
+            out = self.server_unsubscribe(channel, *codes.UNSUBSCRIBE_EXPIRED)
+            if out is None:  # cannot happen: the channel was taken from self.subs just now
+                continue
+            frame, effect = out
             actions.frames.append(frame)
             actions.unsubscribe.append(effect)
         return actions

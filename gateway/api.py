@@ -108,7 +108,10 @@ class ServerApi:
             # offsets and delivery order are those of sequential execution, and a batch of
             # N costs one broker round trip instead of N.
             j = i
-            while j < len(decoded) and isinstance(decoded[j], tuple) and decoded[j][0] == "publish":
+            while j < len(decoded):
+                item = decoded[j]
+                if not (isinstance(item, tuple) and item[0] == "publish"):
+                    break
                 j += 1
             if j - i > 1:
                 tasks = [asyncio.ensure_future(self._one(item)) for item in decoded[i:j]]

@@ -20,6 +20,7 @@ from gateway.config import TokenSettings
 
 if TYPE_CHECKING:
     from jwt import PyJWKClient
+    from jwt.types import Options
 
 __all__ = ["TokenVerifier"]
 
@@ -108,7 +109,7 @@ class TokenVerifier:
         s = self.settings
         # iat is not validated (as in Centrifugo OSS): a backend clock slightly ahead must
         # not get its fresh tokens refused with the terminal 3500.
-        options: dict[str, Any] = {"verify_aud": bool(s.audience), "verify_iss": bool(s.issuer),
+        options: Options = {"verify_aud": bool(s.audience), "verify_iss": bool(s.issuer),
                                    "verify_iat": False, "require": []}
         try:
             claims = jwt.decode(token, key, algorithms=algs, audience=s.audience or None,
@@ -158,7 +159,8 @@ def _hmac_fast_path(token: str, key: bytes) -> dict[str, Any] | None:
         header = json.loads(head_raw)
         if not isinstance(header, dict) or not set(header) <= {"alg", "typ"}:
             return None
-        digest = _HMAC_DIGESTS.get(header.get("alg"))  # type: ignore[arg-type]
+        alg = header.get("alg")
+        digest = _HMAC_DIGESTS.get(alg) if isinstance(alg, str) else None
         if digest is None or not hmac.compare_digest(hmac.new(key, signing_input, digest).digest(),
                                                      signature):
             return None

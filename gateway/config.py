@@ -17,8 +17,9 @@ from typing import Any
 
 import msgspec
 
-from centrifugo_bridge.channels import ChannelOptions, ChannelRules
-from centrifugo_bridge.session import SessionConfig
+from centrifugo_bridge.channels import ChannelNaming, ChannelOptions, ChannelRules
+from centrifugo_bridge.session import ClientOptions, SessionConfig
+from gateway.broker.redis_urls import parse_redis_url
 
 __all__ = ["ConfigError", "Settings", "build_settings", "import_centrifugo", "load_settings", "parse_duration"]
 
@@ -40,23 +41,14 @@ class TokenSettings(msgspec.Struct, forbid_unknown_fields=True):
     jwks_cache_ttl: float = 300.0
 
 
-class ClientSettings(msgspec.Struct, forbid_unknown_fields=True):
+class ClientSettings(ClientOptions, forbid_unknown_fields=True):
+    """``[client]``: the session's options (declared once, in ClientOptions) plus the
+    gateway's own: keys, origins and the socket limits."""
+
     token: TokenSettings = msgspec.field(default_factory=TokenSettings)
     # A separate key set for subscription tokens; unset = same as `token`.
     subscription_token: TokenSettings | None = None
     allowed_origins: list[str] = []
-    allow_anonymous_connect_without_token: bool = False
-    disallow_anonymous_connection_tokens: bool = False
-    subscribe_to_user_personal_channel: bool = False
-    personal_channel_namespace: str = ""
-    ping_interval: float = 25.0
-    pong_timeout: float = 8.0
-    stale_close_delay: float = 10.0
-    expired_close_delay: float = 25.0
-    expired_sub_close_delay: float = 25.0
-    channel_limit: int = 128
-    history_max_publication_limit: int = 300
-    recovery_max_publication_limit: int = 300
     # Inbound WebSocket message limit (Centrifugo websocket.message_size_limit); larger -> 1009.
     message_size_limit: int = 65536
     # A subscriber whose unsent bytes pass this is disconnected with 3008 (slow) instead of
@@ -102,9 +94,12 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
     node_info_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        for url in self.urls:
-            if not url.startswith(("redis://", "rediss://", "valkey://", "unix://")):
-                raise ValueError(f"redis url {url!r} must start with redis://")
+        for i, url in enumerate(self.urls):
+            # The broker's own parser: what passes here, the broker can connect to.
+            try:
+                parse_redis_url(url)
+            except ValueError as exc:
+                raise ValueError(f"urls[{i}]: {exc}") from None
         if self.pubsub_per_shard < 1 or self.presence_ttl <= 0 or self.node_info_interval <= 0:
             raise ValueError("pubsub_per_shard, presence_ttl and node_info_interval must be positive")
 
@@ -150,15 +145,11 @@ class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
     name: str = ""
 
 
-class ChannelSettings(msgspec.Struct, forbid_unknown_fields=True):
-    without_namespace: ChannelOptions = msgspec.field(default_factory=ChannelOptions)
+class ChannelSettings(ChannelNaming, forbid_unknown_fields=True):
+    """``[channel]``: naming and channels without namespace (declared once, in ChannelNaming)
+    plus the namespaces as a list of named tables, the way a TOML file writes them."""
+
     namespaces: list[NamespaceSettings] = []
-    private_prefix: str = "$"
-    namespace_boundary: str = ":"
-    user_boundary: str = "#"
-    user_separator: str = ","
-    max_length: int = 255
-    insecure: bool = False
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
@@ -178,32 +169,21 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
         return ch.without_namespace.durable or any(ns.durable for ns in ch.namespaces)
 
     def channel_rules(self) -> ChannelRules:
+        """The channel section as the bridge's rules: namespaces keyed by name."""
         ch = self.channel
         namespaces = {}
         for ns in ch.namespaces:
             fields = msgspec.structs.asdict(ns)
             fields.pop("name")
             namespaces[ns.name] = ChannelOptions(**fields)
-        return ChannelRules(
-            without_namespace=ch.without_namespace, namespaces=namespaces,
-            private_prefix=ch.private_prefix, namespace_boundary=ch.namespace_boundary,
-            user_boundary=ch.user_boundary, user_separator=ch.user_separator,
-            max_length=ch.max_length, insecure=ch.insecure)
+        naming = {name: getattr(ch, name) for name in ChannelNaming.__struct_fields__}
+        return ChannelRules(namespaces=namespaces, **naming)
 
     def session_config(self, version: str) -> SessionConfig:
+        """The client section as the bridge's session settings."""
         c = self.client
-        return SessionConfig(
-            version=version, ping_interval=c.ping_interval, pong_timeout=c.pong_timeout,
-            stale_close_delay=c.stale_close_delay, expired_close_delay=c.expired_close_delay,
-            expired_sub_close_delay=c.expired_sub_close_delay,
-            allow_anonymous_connect_without_token=c.allow_anonymous_connect_without_token,
-            disallow_anonymous_connection_tokens=c.disallow_anonymous_connection_tokens,
-            subscribe_to_user_personal_channel=c.subscribe_to_user_personal_channel,
-            personal_channel_namespace=c.personal_channel_namespace,
-            channel_limit=c.channel_limit,
-            history_max_publication_limit=c.history_max_publication_limit,
-            recovery_max_publication_limit=c.recovery_max_publication_limit,
-            user_id_claim=c.token.user_id_claim)
+        options = {name: getattr(c, name) for name in ClientOptions.__struct_fields__}
+        return SessionConfig(version=version, user_id_claim=c.token.user_id_claim, **options)
 
 
 DURATION_KEYS = frozenset({
@@ -233,9 +213,9 @@ def parse_duration(value: Any, key: str) -> float:
             pos = m.end()
         if pos and pos == len(value.strip()):
             return total
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        single = _DURATION.match(value)
+        if single:
+            return float(single.group(1)) * _UNITS[single.group(2) or "s"]
     raise ConfigError(f"config key {key}: expected a duration like \"25s\", got {value!r}")
 
 
@@ -465,11 +445,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 _NS_OPTIONS = set(ChannelOptions.__struct_fields__)
 _TOKEN_KEYS = {"hmac_secret_key", "rsa_public_key", "ecdsa_public_key", "jwks_public_endpoint",
                "audience", "issuer", "user_id_claim"}
-_CLIENT_KEYS = {"allowed_origins", "allow_anonymous_connect_without_token",
-                "disallow_anonymous_connection_tokens", "subscribe_to_user_personal_channel",
-                "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
-                "expired_sub_close_delay", "channel_limit", "history_max_publication_limit",
-                "recovery_max_publication_limit", "insecure"}
+# Centrifugo nests personal_channel_namespace under subscribe_to_user_personal_channel;
+# it is translated there, not taken from the top of `client`.
+_CLIENT_KEYS = (set(ClientOptions.__struct_fields__) - {"personal_channel_namespace"}
+                | {"allowed_origins", "insecure"})
 
 
 def import_centrifugo(path: str) -> tuple[dict[str, Any], list[str]]:

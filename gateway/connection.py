@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -23,12 +23,9 @@ from centrifugo_bridge.codecs import Codec
 from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
 from centrifugo_bridge.protocol import Command, Reply, StreamPosition
 from centrifugo_bridge.session import Handler, Session
+from gateway.frame_reader import FrameReader
 from gateway.frames import build_frame
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
+from gateway.subscribe_buffer import SubscribeBuffer
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -45,9 +42,8 @@ class Connection:
     """A live client connection after the WebSocket handshake."""
 
     __slots__ = ("node", "transport", "ws", "session", "codec", "pending", "task",
-                 "closed", "timer_key", "client_id", "buffering", "cutoffs", "parked",
-                 "current", "started", "timers_stale", "own_frames", "inbuf", "max_size",
-                 "delayed", "__weakref__")
+                 "closed", "timer_key", "client_id", "buffering", "subscribe_buffer", "parked",
+                 "current", "started", "timers_stale", "reader", "delayed", "__weakref__")
 
     def __init__(self, node: Node, transport: asyncio.Transport, ws: ServerProtocol,
                  session: Session) -> None:
@@ -61,10 +57,12 @@ class Connection:
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.timer_key = 0
-        # Pushes of channels whose subscribe is in flight, and the stream offset each
-        # subscribe reply covers (see start_buffering / flush_buffered).
-        self.buffering: dict[str, list[tuple[int, bytes]]] | None = None
-        self.cutoffs: dict[str, int] = {}
+        # The pushes of channels whose subscribe is in flight and the stream offset each
+        # subscribe reply covers (see start_buffering / flush_buffered). `buffering` is set
+        # only while a subscribe is in flight: fan-out checks it for None on every push.
+        # `subscribe_buffer` is the same object kept between subscribes (made on the first).
+        self.buffering: SubscribeBuffer | None = None
+        self.subscribe_buffer: SubscribeBuffer | None = None
         # The handler of the command being run while it waits for a durable commit.
         self.parked: Handler | None = None
         # The command being run and when it started (metrics).
@@ -72,24 +70,25 @@ class Connection:
         self.started = 0.0
         # A command that may have moved the session's deadlines ran: reschedule the timer.
         self.timers_stale = False
-        # Data frames are parsed here until the first frame that needs websockets (see
-        # _own_frames); an incomplete frame waits in inbuf.
-        self.own_frames = ws.state is State.OPEN
+        # Data frames are parsed by the reader until the first frame that needs websockets.
         self.delayed: list[bytes] | None = None
-        self.inbuf = b""
         limits = [n for n in (ws.max_message_size, ws.max_fragment_size) if n is not None]
-        self.max_size: int | None = min(limits) if limits else None
+        self.reader = FrameReader(self._on_message, self.codec.binary,
+                                  min(limits) if limits else None, ws.state is State.OPEN)
 
     # ---- input ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.own_frames:
-            data = self._own_frames(data)
+        reader = self.reader
+        if reader.active:
+            data = reader.release(data) if self.closed else reader.feed(data)
             if not data:
                 return
         ws = self.ws
         ws.receive_data(data)
         for frame in ws.events_received():
+            if not isinstance(frame, Frame):  # after the handshake only frames arrive
+                continue
             op = frame.opcode
             if op is Opcode.TEXT or op is Opcode.BINARY:
                 if self.closed:
@@ -104,67 +103,21 @@ class Connection:
         self.ws.receive_eof()
         self._flush_ws()
 
-    def _own_frames(self, data: bytes) -> bytes:
-        """Take complete, unfragmented, masked data frames of the connection's opcode off
-        ``data`` and handle their messages; websockets' generator-based parser costs
-        several µs per frame, most of the work of a small command. Returns the bytes
-        websockets must parse instead: from the first frame that is anything else (control
-        frame, fragment, oversized, other opcode) on, and every byte after it for good — so
-        websockets sees exactly what it would have and answers as before (pong, close
-        handshake, 1002/1009)."""
-        if self.inbuf:
-            data = self.inbuf + data
-            self.inbuf = b""
-        expected = 0x82 if self.codec.binary else 0x81  # FIN, no RSV bits, text or binary
-        limit = self.max_size
-        end = len(data)
-        pos = 0
-        while pos < end:
-            if self.closed or data[pos] != expected:
-                break
-            if end - pos < 6:
-                self.inbuf = data[pos:]
-                return b""
-            second = data[pos + 1]
-            if not second & 0x80:  # unmasked: a protocol error websockets reports
-                break
-            length = second & 0x7F
-            start = pos + 2
-            if length == 126:
-                if end - pos < 8:
-                    self.inbuf = data[pos:]
-                    return b""
-                length = int.from_bytes(data[start:start + 2], "big")
-                start += 2
-            elif length == 127:
-                break
-            if limit is not None and length > limit:
-                break
-            stop = start + 4 + length
-            if stop > end:
-                self.inbuf = data[pos:]
-                return b""
-            pos = stop
-            # UTF-8 is not checked here, as websockets' sans-I/O parser does not either: the
-            # command decoder refuses invalid text (3501).
-            self._on_message(apply_mask(data[start + 4:stop], data[start:start + 4]))
-        else:
-            return b""
-        self.own_frames = False
-        return data[pos:]
-
-    def _on_message(self, data: bytes) -> None:
+    def _on_message(self, data: bytes) -> bool:
+        """Queue and run the commands of one client message; True once the connection is
+        closed (the frame reader then hands the rest of the bytes to websockets)."""
         try:
             commands = self.session.decode(data)
         except DisconnectError as exc:
             self.close(exc.disconnect)
-            return
+            return True
         self.pending.extend(commands)
         if len(self.pending) > MAX_PENDING_COMMANDS:
             self.close(codes.TOO_MANY_REQUESTS_DISCONNECT)
-            return
+            return True
         if self.task is None and self.parked is None:
             self._advance()
+        return self.closed
 
     def _advance(self) -> None:
         """Run queued commands in order, each as far as it goes without awaiting: until
@@ -274,29 +227,30 @@ class Connection:
     def start_buffering(self, channel: str) -> None:
         """Hold this channel's pushes until the subscribe reply has been written, so a
         publication landing while history is read is neither lost nor sent first."""
-        if self.buffering is None:
-            self.buffering = {}
-        self.buffering[channel] = []
+        buffer = self.buffering
+        if buffer is None:
+            buffer = self.subscribe_buffer
+            if buffer is None:
+                buffer = self.subscribe_buffer = SubscribeBuffer()
+            self.buffering = buffer
+        buffer.start(channel)
 
     def set_cutoff(self, channel: str, offset: int) -> None:
         """The subscribe reply covers the stream up to ``offset`` (top or last recovered)."""
-        self.cutoffs[channel] = offset
+        buffer = self.subscribe_buffer
+        if buffer is None:
+            buffer = self.subscribe_buffer = SubscribeBuffer()
+        buffer.set_cutoff(channel, offset)
 
     def flush_buffered(self) -> None:
         """After a reply: send held pushes the reply did not cover; drop those of channels
         whose subscribe failed."""
-        buffering = self.buffering
-        if buffering is None:
+        buffer = self.buffering
+        if buffer is None:
             return
         self.buffering = None
-        for channel, held in buffering.items():
-            cutoff = self.cutoffs.pop(channel, 0)
-            if channel not in self.session.subs:
-                continue
-            for offset, frame in held:
-                # offset 0: no stream (join/leave, history off) — always new to the client.
-                if offset == 0 or offset > cutoff:
-                    self.write_frame(frame)
+        for frame in buffer.release(self.session.subs):
+            self.write_frame(frame)
 
     # ---- output -----------------------------------------------------------------------
 

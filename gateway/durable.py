@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -82,7 +83,9 @@ class DurableStreams:
         s = self.settings
         self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=s.pool_size)
         await migrate(self.pool)
-        self.partitions = PartitionManager(self.pool, s.partition_interval, ahead=s.partitions_ahead)
+        # The config check allows only these two values.
+        interval: Literal["daily", "monthly"] = "monthly" if s.partition_interval == "monthly" else "daily"
+        self.partitions = PartitionManager(self.pool, interval, ahead=s.partitions_ahead)
         await self.partitions.ensure()
         self.audit_partitions = audit_partitions(self.pool)
         await self.audit_partitions.ensure()

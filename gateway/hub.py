@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from centrifugo_bridge.codecs import JSON, Codec
 from centrifugo_bridge.protocol import ClientInfo, Join, Leave, Publication, Push, Reply
 from gateway.frames import build_frame
+from gateway.subscribe_buffer import SubscribeBuffer
 
 # How long a new subscriber skips live publications its subscribe reply already covered.
 # Across processes the history read (Redis or PostgreSQL) can be ahead of the pub/sub
@@ -26,27 +27,31 @@ LATE_WINDOW = 5.0
 class Subscriber(Protocol):
     codec: Codec
     # Channels being subscribed right now: their pushes wait until the subscribe reply is
-    # written (None when nothing is being subscribed, the common case).
-    buffering: dict[str, list[tuple[int, bytes]]] | None
+    # written (None when nothing is being subscribed, the common case: one check a push).
+    buffering: SubscribeBuffer | None
 
     def write_frame(self, frame: bytes) -> None: ...
 
 
-class Hub:
-    """channel -> {subscriber: wants join/leave pushes}."""
+S = TypeVar("S", bound=Subscriber)
+
+
+class Hub(Generic[S]):
+    """channel -> {subscriber: wants join/leave pushes}; generic in the subscriber type, so
+    the node gets its own connections back from ``subscribers``."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, dict[Subscriber, bool]] = {}
+        self._channels: dict[str, dict[S, bool]] = {}
         # Only the subscribers that asked for join/leave pushes: a join must not scan a
         # 50,000-subscriber channel where nobody wants it.
-        self._join_leave: dict[str, set[Subscriber]] = {}
+        self._join_leave: dict[str, set[S]] = {}
         # channel -> {subscriber: (offset its subscribe reply covered, deadline)}: see
         # LATE_WINDOW. Empty in the common case; only publish() looks at it, per channel.
-        self._late: dict[str, dict[Subscriber, tuple[int, float]]] = {}
+        self._late: dict[str, dict[S, tuple[int, float]]] = {}
         self.num_subscriptions = 0
         self.deliveries = 0
 
-    def add(self, channel: str, sub: Subscriber, push_join_leave: bool) -> bool:
+    def add(self, channel: str, sub: S, push_join_leave: bool) -> bool:
         """Register ``sub``; True when it is the first local subscriber of ``channel``."""
         subs = self._channels.get(channel)
         first = subs is None
@@ -59,7 +64,7 @@ class Hub:
             self._join_leave.setdefault(channel, set()).add(sub)
         return first
 
-    def remove(self, channel: str, sub: Subscriber) -> bool:
+    def remove(self, channel: str, sub: S) -> bool:
         """Unregister ``sub``; True when ``channel`` has no local subscriber left."""
         subs = self._channels.get(channel)
         if subs is None or sub not in subs:
@@ -78,7 +83,7 @@ class Hub:
             return True
         return False
 
-    def covered(self, channel: str, sub: Subscriber, offset: int) -> None:
+    def covered(self, channel: str, sub: S, offset: int) -> None:
         """``sub``'s subscribe reply covered ``channel``'s stream up to ``offset``: live
         publications up to it that are still in flight to this process are not sent to
         it again (the stream arrives here in offset order, so the first one past the
@@ -86,8 +91,8 @@ class Hub:
         if offset > 0:
             self._late.setdefault(channel, {})[sub] = (offset, time.monotonic() + LATE_WINDOW)
 
-    def _already_covered(self, channel: str, late: dict[Subscriber, tuple[int, float]],
-                         offset: int) -> set[Subscriber]:
+    def _already_covered(self, channel: str, late: dict[S, tuple[int, float]],
+                         offset: int) -> set[S]:
         now = time.monotonic()
         skip = set()
         for sub, (cut, deadline) in list(late.items()):
@@ -108,7 +113,7 @@ class Hub:
     def num_channels(self) -> int:
         return len(self._channels)
 
-    def subscribers(self, channel: str) -> list[Subscriber]:
+    def subscribers(self, channel: str) -> list[S]:
         return list(self._channels.get(channel, ()))
 
     def num_subscribers(self, channel: str) -> int:
@@ -119,7 +124,7 @@ class Hub:
         subs = self._channels.get(channel)
         if not subs:
             return 0
-        targets: Iterable[Subscriber] = subs
+        targets: Iterable[S] = subs
         late = self._late.get(channel)
         if late is not None and pub.offset:
             skip = self._already_covered(channel, late, pub.offset)
@@ -139,7 +144,7 @@ class Hub:
             return 0
         return self._fan_out(subs, Reply(push=Push(channel=channel, leave=Leave(info=info))), channel, 0)
 
-    def _fan_out(self, subs: Iterable[Subscriber], reply: Reply, channel: str, offset: int) -> int:
+    def _fan_out(self, subs: Iterable[S], reply: Reply, channel: str, offset: int) -> int:
         json_frame: bytes | None = None
         frames: dict[str, bytes] = {}
         n = 0
@@ -151,13 +156,12 @@ class Hub:
                     json_frame = build_frame(JSON.encode_reply(reply), False)
                 frame = json_frame
             else:
-                frame = frames.get(codec.name)  # type: ignore[assignment]
-                if frame is None:
-                    frame = frames[codec.name] = build_frame(codec.encode_reply(reply), codec.binary)
+                cached = frames.get(codec.name)
+                if cached is None:
+                    cached = frames[codec.name] = build_frame(codec.encode_reply(reply), codec.binary)
+                frame = cached
             buffering = sub.buffering
-            if buffering is not None and channel in buffering:
-                buffering[channel].append((offset, frame))
-            else:
+            if buffering is None or not buffering.hold(channel, offset, frame):
                 sub.write_frame(frame)
             n += 1
         self.deliveries += n

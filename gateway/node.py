@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import orjson
@@ -18,11 +18,11 @@ import orjson
 from centrifugo_bridge import codes, effects
 from centrifugo_bridge.codes import ClientError, Disconnect, DisconnectError
 from centrifugo_bridge.protocol import ClientInfo, Publication, Raw, StreamPosition
-from centrifugo_bridge.session import Handler, Session
+from centrifugo_bridge.session import Session
 from centrifugo_bridge.tokens import InvalidToken, TokenExpired
 from gateway import LOG_ROOT, __version__
 from gateway.auth import TokenVerifier
-from gateway.broker.base import Broker
+from gateway.broker.base import Broker, ClusterBroker
 from gateway.broker.memory import MemoryBroker
 from gateway.config import Settings
 from gateway.connection import Connection
@@ -70,6 +70,9 @@ class Node:
         sub = settings.client.subscription_token
         self.sub_verifier = TokenVerifier(sub) if sub is not None else self.verifier
         self.broker: Broker = broker or self._make_broker(settings)
+        # The same broker when other processes share it (control, registry, presence).
+        self.cluster: ClusterBroker | None = (
+            self.broker if isinstance(self.broker, ClusterBroker) else None)
         # `clustered`, remembered: asked once per committed durable publication.
         self._shared_broker = self.clustered
         self.durable: DurableStreams | None = None
@@ -85,7 +88,7 @@ class Node:
                                           listening=self._hears_committed)
         # (channel, idempotency key) -> (expiry, result) for ephemeral publications.
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
-        self.hub = Hub()
+        self.hub: Hub[Connection] = Hub()
         self.metrics = Metrics()
         self.timers = TimerWheel()
         self.write_buffer_limit = settings.client.write_buffer_limit
@@ -180,7 +183,7 @@ class Node:
     @property
     def clustered(self) -> bool:
         """Whether other processes share this node's broker (control, registry, presence)."""
-        return hasattr(self.broker, "publish_control")
+        return self.cluster is not None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -196,9 +199,9 @@ class Node:
             await extension.start()
         await self.broker.start(self)
         self.timers.start()
-        if self.clustered:
-            await self._announce()
-            self._periodic = asyncio.get_running_loop().create_task(self._keep_alive())
+        if self.cluster is not None:
+            await self._announce(self.cluster)
+            self._periodic = asyncio.get_running_loop().create_task(self._keep_alive(self.cluster))
 
     async def stop(self) -> None:
         """Close every connection with 3001 (shutdown: clients reconnect elsewhere)."""
@@ -272,7 +275,7 @@ class Node:
 
     # ---- driving a session handler ----------------------------------------------------
 
-    async def drive(self, gen: Handler, conn: Connection,
+    async def drive(self, gen: Generator[effects.Effect, Any, Any], conn: Connection,
                     effect: effects.Effect | None = None) -> Any:
         """Run a session generator to completion, performing each effect it yields;
         ``effect``: the one it already yielded when the caller started it."""
@@ -436,8 +439,9 @@ class Node:
                     listener(channel, pub)
                 except Exception:
                     log.exception("commit listener failed")
-        if self.clustered:
-            self.broker.publish_committed(channel, pub, epoch)  # type: ignore[attr-defined]
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.publish_committed(channel, pub, epoch)
         else:
             self._fan_out(channel, pub)
 
@@ -582,7 +586,7 @@ class Node:
 
     def refresh_metrics(self) -> None:
         """Copy counters kept by the broker and the store into the Prometheus registry."""
-        for event, value in getattr(self.broker, "stats", {}).items():
+        for event, value in self.broker.stats.items():
             self.metrics.broker_events.labels(event).set(value)
         if self.durable is not None and self.durable.store is not None:
             stats = self.durable.store.stats
@@ -601,22 +605,22 @@ class Node:
 
     # ---- cluster: control messages, node registry, presence refresh, shard resets -----
 
-    async def _announce(self) -> None:
+    async def _announce(self, cluster: ClusterBroker) -> None:
         r = self.settings.redis
         info = self.info()
         # Channel counts travel with the node entry so `channels` can aggregate; capped so
         # one busy node cannot blow up the registry.
         info["channels"] = dict(list(self.hub.channels().items())[:CHANNELS_IN_REGISTRY])
-        await self.broker.register_node(info, r.node_info_interval * 3)  # type: ignore[attr-defined]
+        await cluster.register_node(info, r.node_info_interval * 3)
 
-    async def _keep_alive(self) -> None:
+    async def _keep_alive(self, cluster: ClusterBroker) -> None:
         r = self.settings.redis
         presence_every = r.presence_ttl / 3
         next_presence = time.monotonic() + presence_every
         while True:
             await asyncio.sleep(min(r.node_info_interval, presence_every))
             try:
-                await self._announce()
+                await self._announce(cluster)
             except ClientError as exc:
                 log.warning("cluster keep-alive failed: %s", getattr(exc, "detail", "") or exc.message)
             # Separately: the registry's shard being down must not let presence on the
@@ -627,24 +631,24 @@ class Node:
                     items = [(ch, info) for ch, members in self._presence.items()
                              for info in members.values()]
                     if items:
-                        await self.broker.refresh_presence(items)  # type: ignore[attr-defined]
+                        await cluster.refresh_presence(items)
             except ClientError as exc:
                 log.warning("presence refresh failed: %s", getattr(exc, "detail", "") or exc.message)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every live node's info entry (just this one without a shared broker)."""
-        if not self.clustered:
+        if self.cluster is None:
             info = self.info()
             info["channels"] = self.hub.channels()
             return [info]
-        return await self.broker.nodes()  # type: ignore[attr-defined]
+        return await self.cluster.nodes()
 
     async def control(self, command: dict[str, Any]) -> None:
         """Apply a server-API control command here and on every other node."""
         await self.apply_control(command)
-        if self.clustered:
+        if self.cluster is not None:
             payload = orjson.dumps({**command, "origin": self.uid})
-            await self.broker.publish_control(payload)  # type: ignore[attr-defined]
+            await self.cluster.publish_control(payload)
 
     def deliver_control(self, data: bytes) -> None:
         """A control message from the broker (our own come back too: skipped)."""

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from centrifugo_bridge import server_api
 from gateway import LOG_ROOT, cluster_view
@@ -29,10 +30,10 @@ log = logging.getLogger(f"{LOG_ROOT}.server")
 
 WEBSOCKET_PATH = "/connection/websocket"
 API_PREFIX = "/api/"
-SUBPROTOCOLS = ["centrifuge-protobuf", "centrifuge-json"]
+SUBPROTOCOLS = [Subprotocol("centrifuge-protobuf"), Subprotocol("centrifuge-json")]
 
 
-def _select_subprotocol(_: ServerProtocol, offered: Sequence[str]) -> str | None:
+def _select_subprotocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     # Echo what the client asked for (browsers fail the handshake otherwise); no subprotocol
     # means JSON.
     for proto in SUBPROTOCOLS:
@@ -67,6 +68,7 @@ class GatewayProtocol(asyncio.Protocol):
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream socket's transport (asyncio types the argument as the base class).
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -126,7 +128,7 @@ class GatewayProtocol(asyncio.Protocol):
             log.exception("HTTP handler failed for %s %s", head.method, head.path)
             answer = 500, b"Internal Server Error", "text/plain; charset=utf-8"
         status, payload, ctype = answer[0], answer[1], answer[2]
-        extra = answer[3] if len(answer) == 4 else None  # type: ignore[misc]
+        extra = answer[3] if len(answer) == 4 else None
         # A HEAD response carries the GET headers (Content-Length included) but no body.
         self._send(status, payload, ctype, keep_alive=keep_alive, head_only=head.method == "HEAD",
                    extra=extra)
@@ -206,6 +208,7 @@ class GatewayProtocol(asyncio.Protocol):
         if not origin_allowed(origin, head.headers.get("host", ""), client.allowed_origins):
             resp = ws.reject(403, "Request origin is not allowed\n")
         else:
+            # events_received() types every event; the first one of a handshake is the Request.
             resp = ws.accept(request)  # type: ignore[arg-type]
         ws.send_response(resp)
         for chunk in ws.data_to_send():

@@ -152,7 +152,7 @@ async def append(conn: asyncpg.Connection, *, actor: str, action: str, target: s
     at: datetime = head["at"]
     if not head["partition_exists"]:
         await _create_partition(conn, at)
-    record_id = head["last_id"] + 1
+    record_id: int = head["last_id"] + 1
     prev_hash = bytes(head["last_hash"])
     delta = json.loads(head["delta"])
     digest = record_hash(prev_hash, record_id, at, actor, action, target, delta)

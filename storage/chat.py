@@ -17,13 +17,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from storage import audit
 
-Row = asyncpg.Record
+# asyncpg ships no type information, so a record is Any to the type checker; the alias still
+# says what callers get.
+Row: TypeAlias = asyncpg.Record
 """One row; columns by name."""
 
 
@@ -75,6 +77,11 @@ class ChatQueries:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.c = conn
+
+    async def _time(self, sql: str, *args: Any) -> datetime | None:
+        """The timestamp the statement returns; None when it returns no row."""
+        at: datetime | None = await self.c.fetchval(sql, *args)
+        return at
 
     # ---- audit ------------------------------------------------------------------------
 
@@ -169,8 +176,9 @@ class ChatQueries:
 
     async def member_role(self, channel_id: str, user: str) -> str | None:
         """The user's role in the channel, None when not a member."""
-        return await self.c.fetchval(
+        role: str | None = await self.c.fetchval(
             "SELECT role FROM chat_members WHERE channel_id = $1 AND user_id = $2", channel_id, user)
+        return role
 
     async def channels_of(self, user: str, *, public: bool, include_archived: bool) -> list[Row]:
         """chat_channels the user is in (and, with ``public``, every public one), plus
@@ -227,7 +235,7 @@ class ChatQueries:
 
     async def remove_member(self, channel_id: str, user: str) -> datetime | None:
         """Remove a member; when it joined, None when it was not a member."""
-        return await self.c.fetchval(
+        return await self._time(
             "DELETE FROM chat_members WHERE channel_id = $1 AND user_id = $2 RETURNING joined_at",
             channel_id, user)
 
@@ -427,25 +435,25 @@ class ChatQueries:
 
     async def add_reaction(self, message_id: int, user: str, emoji: str) -> datetime | None:
         """When the reaction was added; None when it existed already."""
-        return await self.c.fetchval(
+        return await self._time(
             """INSERT INTO chat_reactions (message_id, user_id, emoji) VALUES ($1, $2, $3)
                ON CONFLICT DO NOTHING RETURNING created_at""", message_id, user, emoji)
 
     async def remove_reaction(self, message_id: int, user: str, emoji: str) -> datetime | None:
         """When the removed reaction had been added; None when there was none."""
-        return await self.c.fetchval(
+        return await self._time(
             """DELETE FROM chat_reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3
                RETURNING created_at""", message_id, user, emoji)
 
     async def pin(self, channel_id: str, message_id: int, by: str) -> datetime | None:
         """When the message was pinned; None when it was pinned already."""
-        return await self.c.fetchval(
+        return await self._time(
             """INSERT INTO chat_pins (channel_id, message_id, pinned_by) VALUES ($1, $2, $3)
                ON CONFLICT DO NOTHING RETURNING pinned_at""", channel_id, message_id, by)
 
     async def unpin(self, channel_id: str, message_id: int) -> datetime | None:
         """When the removed pin had been made; None when the message was not pinned."""
-        return await self.c.fetchval(
+        return await self._time(
             "DELETE FROM chat_pins WHERE channel_id = $1 AND message_id = $2 RETURNING pinned_at",
             channel_id, message_id)
 

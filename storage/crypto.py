@@ -132,7 +132,7 @@ class FieldCipher:
         """``plaintext`` encrypted under the current key, bound to ``aad``."""
         header = self._headers[self.current]
         nonce = os.urandom(NONCE_SIZE)
-        sealed = self._cipher(self.current).encrypt(nonce, plaintext.encode(), header + aad.encode())
+        sealed: bytes = self._cipher(self.current).encrypt(nonce, plaintext.encode(), header + aad.encode())
         return header + nonce + sealed
 
     def decrypt(self, blob: bytes, *, aad: str) -> str:
@@ -152,7 +152,7 @@ class FieldCipher:
         aead = self._cipher(key_id)
         nonce = blob[header_len:header_len + NONCE_SIZE]
         try:
-            plain = aead.decrypt(nonce, blob[header_len + NONCE_SIZE:],
+            plain: bytes = aead.decrypt(nonce, blob[header_len + NONCE_SIZE:],
                                  blob[:header_len] + aad.encode())
         except InvalidTag:
             raise DecryptionError(f"encrypted value does not authenticate under key {key_id!r} "

@@ -151,7 +151,8 @@ class PublicationIds:
         """The next id."""
         n = self._next
         self._next = (n + 1) & (2**62 - 1)
-        return _FastUUID((self._high | 1 << 63 | n).to_bytes(16, "big"))
+        fast: uuid.UUID = _FastUUID((self._high | 1 << 63 | n).to_bytes(16, "big"))
+        return fast
 
 
 class _Stream:
@@ -314,9 +315,9 @@ class PublicationStore:
             offset = stream.allocated
             epoch = stream.epoch
         else:
-            stream = self._streams.get(channel)
-            if stream is not None and stream.epoch == epoch and offset > stream.allocated:
-                stream.allocated = offset
+            known = self._streams.get(channel)
+            if known is not None and known.epoch == epoch and offset > known.allocated:
+                known.allocated = offset
         created_at = datetime.now(UTC)
         pub_id = self._ids.new()
         pub = StoredPublication(channel=channel, offset=offset, epoch=epoch, id=pub_id, data=data,

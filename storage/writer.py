@@ -199,7 +199,7 @@ def _closed(conn: asyncpg.Connection | None) -> bool:
     if conn is None:
         return True
     try:
-        return conn.is_closed()
+        return bool(conn.is_closed())
     except asyncpg.InterfaceError:
         return True
 
@@ -212,7 +212,7 @@ def _sequenced(item: Item, offset: int, epoch: str) -> Item:
     """``item`` with the offset and epoch its transaction gave it."""
     pub = msgspec.structs.replace(item.pub, offset=offset, epoch=epoch)
     record = (item.record[0], offset, epoch, *item.record[3:])
-    return Item(pub, record, item.future)  # type: ignore[arg-type]
+    return Item(pub, record, item.future)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -260,7 +260,10 @@ class BatchWriter:
     def backend_pid(self) -> int | None:
         """Server pid of the writer's current connection (diagnostics, tests)."""
         conn = self._conn
-        return None if _closed(conn) else conn.get_server_pid()  # type: ignore[union-attr]
+        if conn is None or _closed(conn):
+            return None
+        pid: int = conn.get_server_pid()
+        return pid
 
     def check_capacity(self) -> None:
         """Raise StoreClosed / StoreOverloaded if ``submit`` would be refused now."""
@@ -371,7 +374,7 @@ class BatchWriter:
                 log.warning("jsonb refused a payload of %s (%s); storing it as bytes",
                             item.pub.channel, cause)
                 record = item.record[:4] + (None, item.pub.data) + item.record[6:]
-                await self._commit([Item(item.pub, record, item.future)])  # type: ignore[arg-type]
+                await self._commit([Item(item.pub, record, item.future)])
                 return
             log.error("publication %s@%d failed permanently: %s", item.pub.channel,
                       item.pub.offset, cause)
@@ -531,7 +534,7 @@ class BatchWriter:
                 await self._pool.release(conn)
                 raise
             self._conn = conn
-        return self._conn  # type: ignore[return-value]
+        return self._conn
 
     async def _release_connection(self, terminate: bool = False) -> None:
         conn, self._conn = self._conn, None

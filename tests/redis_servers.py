@@ -78,9 +78,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _answers_ping(port: int) -> bool:
+def _answers_ping(port: int, unix_socket: str = "") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        if unix_socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(0.5)
+            try:
+                sock.connect(unix_socket)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+        with sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
@@ -88,19 +98,24 @@ def _answers_ping(port: int) -> bool:
 
 
 class RedisServer:
-    """One Valkey server: ``url``, and for servers started here ``kill``/``stop``/``start``."""
+    """One Valkey server: ``url``, and for servers started here ``kill``/``stop``/``start``.
+    ``unix_socket``: listen on a Unix socket in its directory instead of a TCP port."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, unix_socket: bool = False) -> None:
         self.managed = url is None
         self.port = 0
         self._url = url
         self.process: subprocess.Popen[bytes] | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="sentchat-valkey-", dir="/tmp")) if self.managed \
             else None
+        # Short on purpose: a Unix socket path has a limit of 107 bytes.
+        self.socket_path = str(self.dir / "v.sock") if unix_socket and self.dir is not None else ""
 
     @property
     def url(self) -> str:
-        return self._url or f"redis://127.0.0.1:{self.port}"
+        if self._url:
+            return self._url
+        return f"unix://{self.socket_path}" if self.socket_path else f"redis://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -126,8 +141,10 @@ class RedisServer:
         assert self.dir is not None
         log = open(self.dir / "valkey.log", "ab")  # the child keeps its own copy
         parent = os.getpid()
+        listen = (["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+                  if self.socket_path else ["--port", str(port), "--bind", "127.0.0.1"])
         self.process = subprocess.Popen(
-            [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
+            [valkey_binary(), *listen, "--daemonize", "no",
              "--save", "", "--appendonly", "no", "--dir", str(self.dir),
              "--protected-mode", "no", "--loglevel", "warning"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -138,7 +155,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False  # e.g. the port was taken meanwhile
-            if _answers_ping(port):
+            if _answers_ping(port, self.socket_path):
                 return True
             time.sleep(0.005)
         self.kill()

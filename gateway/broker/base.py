@@ -1,5 +1,7 @@
 """The broker interface: fan-out between nodes, channel streams (offsets, epochs, history)
-and presence. `memory.py` serves one process; a Redis broker serves many (later issue).
+and presence. `memory.py` serves one process (a ``Broker``); `redis.py` serves many processes
+and nodes (a ``ClusterBroker``: a control channel, a node registry, presence that expires
+with its node, fan-out of durable publications, and resets after a shard outage).
 
 A broker never writes to sockets: it hands what arrives to the node's ``Deliveries``
 callbacks, and the hub turns them into frames for local subscribers.
@@ -7,7 +9,8 @@ callbacks, and the hub turns them into frames for local subscribers.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol, runtime_checkable
 
 from centrifugo_bridge.effects import StreamState
 from centrifugo_bridge.protocol import ClientInfo, Publication, StreamPosition
@@ -22,9 +25,19 @@ class Deliveries(Protocol):
 
     def deliver_leave(self, channel: str, info: ClientInfo) -> None: ...
 
+    def deliver_control(self, data: bytes) -> None:
+        """A control message (a cluster broker's; every node hears every one, its own too)."""
+
+    def shard_reset(self, channels: list[str]) -> None:
+        """Publications of ``channels`` may have been missed (a cluster broker's shard was
+        unreachable): their subscribers must recover."""
+
 
 class Broker(Protocol):
     """Stream, presence and fan-out operations. Every method may do I/O."""
+
+    # Counters by event name, exported as the broker_events metric (may stay empty).
+    stats: dict[str, int]
 
     async def start(self, deliveries: Deliveries) -> None: ...
 
@@ -59,3 +72,32 @@ class Broker(Protocol):
     async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
 
     async def presence_stats(self, channel: str) -> tuple[int, int]: ...
+
+
+@runtime_checkable
+class ClusterBroker(Broker, Protocol):
+    """A broker shared by many processes. A node whose broker is one announces itself,
+    refreshes the presence of its clients, and relays control commands through it."""
+
+    def publish_committed(self, channel: str, pub: Publication, epoch: str) -> Awaitable[Any]:
+        """Fan out a durable publication that PostgreSQL already sequenced; calls made in
+        offset order are sent in that order (queued at once, not when awaited)."""
+        ...
+
+    async def publish_control(self, data: bytes) -> None:
+        """Send ``data`` to every node's ``Deliveries.deliver_control`` (this one's too)."""
+
+    async def register_node(self, info: dict[str, Any], ttl: float) -> None:
+        """Record this node (``info``) as live for ``ttl`` seconds."""
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """``info`` of every node whose registration has not expired."""
+        ...
+
+    async def refresh_presence(self, items: Iterable[tuple[str, ClientInfo]]) -> None:
+        """Re-add many (channel, info) presence entries, so that they expire only when this
+        node stops refreshing them (it died)."""
+
+    def shards_up(self) -> list[bool]:
+        """Per shard: is it fully connected (health checks)."""
+        ...

@@ -233,6 +233,8 @@ class ChatHttp:
         elif actor is None and getattr(params, "user_id", None):
             # An app with the API key acting on the user it names.
             app_actor = Actor("app", "owner")
+            # params is the operation's declared params type; only presence.set_status names
+            # a user_id an app may act for, which the binding table does not express in types.
             result = await self.service.presence_set_status(app_actor, params, app=True)  # type: ignore[arg-type]
         else:
             # An app op without a user to act on: the caller must be a user after all.

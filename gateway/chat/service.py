@@ -369,6 +369,8 @@ class ChatService:
 
     async def _update_channel(self, actor: Actor, channel_id: str, *, topic: str | None = None,
                               archive: bool = False) -> s.ChannelResult:
+        before: dict[str, Any]
+        after: dict[str, Any]
         async with self.db.write() as q:
             ch, role = await self._visible(q, actor, channel_id, lock=True)
             if archive:

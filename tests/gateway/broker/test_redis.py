@@ -23,7 +23,8 @@ from gateway.broker import redis as redis_broker
 from gateway.broker.memory import MemoryBroker
 from gateway.broker.redis import BrokerUnavailable, RedisBroker
 from gateway.broker.sharding import jump_hash, shard_index
-from tests.redis_servers import RedisServer
+from gateway.config import ConfigError, build_settings
+from tests.redis_servers import RedisServer, external_urls
 
 HISTORY_TTL = 300.0
 
@@ -682,3 +683,50 @@ async def test_shard_down_then_back(make_broker: Factory, prefix: str,
     await a.publish(late, pub("late"), 0, 0)
     await eventually(lambda: len(rec_b.pubs(late)) == 1)
     assert rec_a.resets == []  # A subscribed nothing: nothing to recover
+
+
+# ---- a server on a Unix socket ---------------------------------------------------------------
+
+
+async def test_unix_socket_url_connects_to_a_real_server(prefix: str) -> None:
+    """unix:// passes the configuration check, so the broker must be able to use it."""
+    if external_urls() is not None:
+        pytest.skip("external Redis servers: no server can be started on a Unix socket here")
+    server = RedisServer(unix_socket=True)
+    server.start()
+    try:
+        url = f"{server.url}?db=3"
+        assert build_settings({"redis": {"urls": [url]}}).redis.urls == [url]
+        a = RedisBroker([url], node_id="unix-a", prefix=prefix, history_meta_ttl=600)
+        b = RedisBroker([url], node_id="unix-b", prefix=prefix, history_meta_ttl=600)
+        rec_a, rec_b = Recorder(), Recorder()
+        await a.start(rec_a)
+        await b.start(rec_b)
+        try:
+            channel = f"{prefix}:unix"
+            await b.subscribe(channel)
+            position = await a.publish(channel, pub("over a unix socket"), 10, HISTORY_TTL)
+            assert position.offset == 1
+            await eventually(lambda: rec_b.offsets(channel) == [1])
+            state = await b.history(channel, -1, None, False)
+            assert [p.offset for p in state.publications] == [1]
+            await a.publish_control(b"hello")
+            await eventually(lambda: rec_b.control == [b"hello"])
+            assert a.shards_up() == [True]
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        server.stop()
+
+
+def test_config_and_broker_accept_the_same_urls() -> None:
+    for url in ("redis://h:1/2", "rediss://u:p@h", "valkey://h", "valkeys://h", "unix:///run/v.sock",
+                "unix://:pw@/run/v.sock?db=2"):
+        build_settings({"redis": {"urls": [url]}})
+        RedisBroker([url], node_id="n")  # parses without connecting
+    for url in ("http://h", "unix://", "redis://h/x", "tcp://h:6379"):
+        with pytest.raises(ConfigError, match=r"^config key redis: urls\[0\]"):
+            build_settings({"redis": {"urls": [url]}})
+        with pytest.raises(ValueError, match="redis url"):
+            RedisBroker([url], node_id="n")
