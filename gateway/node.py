@@ -379,7 +379,10 @@ class Node:
         pubs = state.publications
         covered = max(state.offset, pubs[-1].offset if pubs else 0)
         conn.set_cutoff(channel, covered)
-        self.hub.covered(channel, conn, covered)
+        if self.clustered:
+            # Only across processes can the history read run ahead of the publications this
+            # process hears (in one process both come from the same place in one step).
+            self.hub.covered(channel, conn, covered)
         if self._reorder is not None and opts.durable:
             self._reorder.seed(channel, covered)
         if opts.join_leave:
