@@ -147,7 +147,9 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
     n, procs = args.connections, args.client_procs
     counts = split_evenly(n, procs)
     first = [sum(counts[:i]) for i in range(procs)]
-    origin_ns = time.time_ns()
+    # The origin of every series (timeline, windows of send and receive time) on a whole
+    # second, as the phases' start times are: a window then never straddles a phase's edge.
+    origin_ns = time.time_ns() // 1_000_000_000 * 1_000_000_000
     bound = args.max_seconds
     cfg = {"host": target.host, "port": target.port, "path": WS_PATH, "secret": target.secret,
            "channels": args.channels, "timeout": args.timeout, "concurrency": args.concurrency,
@@ -156,7 +158,7 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
                         for k in range(args.sources_per_proc)] for i in range(procs)],
            "first_user": first, "origin_ns": origin_ns, "broadcast": args.broadcast,
            "progress_s": 0.5, "hard_limit_s": bound + 30, "tick_s": args.client_tick_ms / 1000}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (time.time_ns() - origin_ns) / 1e9  # origin_ns on this clock
     out: dict[str, Any] = {"target": target.describe(), "workers": target.workers}
     rss0 = _server_rss(target)
     out["server_before"] = rss0
@@ -333,6 +335,10 @@ def summarize(results: list[dict[str, Any]], sched: Schedule, pub: dict[str, Any
         phases.append({
             "group_rate": ph["group_rate"], "personal_rate": ph["personal_rate"],
             "seconds": ph["seconds"],
+            # when the phase's publications were due, in seconds since the run's origin (the
+            # time base of "timeline", "latency_over_time" and "deliveries_over_time")
+            "start_s": round((ph["start_ns"] - origin_ns) / 1e9, 3),
+            "end_s": round((ph["end_ns"] - origin_ns) / 1e9, 3),
             "offered_deliveries_per_s": round(ph["group_rate"] * subs + ph["personal_rate"], 1),
             "deliveries": h.n,
             # deliveries of this phase's publications over first .. last receive
