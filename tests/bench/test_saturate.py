@@ -66,6 +66,9 @@ async def test_small_saturation_loses_nothing(make_server: Callable[..., Awaitab
     assert_clean(run, 2000)
     # 300 group publications to 50 subscribers each + 150 personal ones, one subscriber each
     assert run["deliveries"]["expected"] == 300 * 50 + 150
+    # the phase's place on the series' time base (the plots' axis), on whole seconds
+    [phase] = run["phases"]
+    assert phase["end_s"] - phase["start_s"] == 3 and phase["start_s"] == int(phase["start_s"]) > 0
     sources = {s for p in run["clients"]["per_process"] for s in p["sources"]}
     assert len(sources) == 2
     # the server's processes were found by its port: this pytest process

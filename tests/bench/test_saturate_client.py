@@ -170,7 +170,7 @@ def test_bulk_and_one_by_one_absorb_agree_on_receive_windows(monkeypatch: pytest
     """Per send-second window, the first and last receive times (a phase's receive span)
     come out the same from the numpy path and the plain one."""
     pytest.importorskip("numpy")
-    import bench.saturate as sat
+    import bench.saturate.client as sat_client
 
     rnd = random.Random(3)
     origin = 1_000_000_000_000
@@ -181,7 +181,7 @@ def test_bulk_and_one_by_one_absorb_agree_on_receive_windows(monkeypatch: pytest
     found = []
     for bulk in (True, False):
         if not bulk:
-            monkeypatch.setattr(sat, "np", None)
+            monkeypatch.setattr(sat_client, "np", None)
         st = Stats(origin, broadcast=False)
         for rec in records:
             st.rec.extend(rec)
