@@ -296,6 +296,12 @@ class Session:
         self.connected = True
         for res, chan_info, data in resolved:
             channel = res.channel
+            # A token is signed once and lives on: the namespace's access provider (e.g.
+            # chat membership) is asked now, as for a client-side subscribe. A refused
+            # channel is left out of the connection rather than refusing the whole connect
+            # (a member kicked since the token was signed keeps using everything else).
+            if not (yield from self._access_allowed(res, channel, "subscribe")):
+                continue
             # Recovery only when the client asks for it (centrifuge copies subs[ch].recover).
             recover = req.subs.get(channel)
             if recover is not None and not recover.recover:
@@ -525,10 +531,15 @@ class Session:
 
     def _check_access(self, res: Resolved, channel: str, action: str) -> Generator[effects.Effect, Any, None]:
         """Ask the namespace's access-control provider (if it names one); 103 when denied."""
-        if res.options.acl:
-            allowed = yield effects.CheckAccess(res.options.acl, channel, self.user, action)
-            if not allowed:
-                raise codes.error(codes.PERMISSION_DENIED)
+        if not (yield from self._access_allowed(res, channel, action)):
+            raise codes.error(codes.PERMISSION_DENIED)
+
+    def _access_allowed(self, res: Resolved, channel: str, action: str) -> Generator[effects.Effect, Any, bool]:
+        """Whether the namespace's access-control provider (if it names one) allows it."""
+        if not res.options.acl:
+            return True
+        allowed = yield effects.CheckAccess(res.options.acl, channel, self.user, action)
+        return bool(allowed)
 
     def _rpc(self, req: RPCRequest) -> Generator[effects.Effect, Any, RPCResult]:
         data = yield effects.CallRPC(req.method, bytes(req.data), self.user, self.client_id)
@@ -553,6 +564,9 @@ class Session:
         if not self.connected or self.closed or channel in self.subs:
             return None
         res = self.rules.resolve(channel)
+        # The backend asked, but the namespace's access provider still has the last word
+        # (the same rule for every way of subscribing): 103 when it refuses.
+        yield from self._check_access(res, channel, "subscribe")
         recover = SubscribeRequest(channel=channel, recover=True, offset=since.offset,
                                    epoch=since.epoch) if since is not None else None
         result = yield from self._do_subscribe(

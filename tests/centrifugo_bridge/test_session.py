@@ -63,6 +63,8 @@ RULES = ChannelRules(
         "re": ChannelOptions(allow_subscribe_for_client=True, channel_regex=r"^[a-zа-я]+$"),
         "personal": ChannelOptions(history_size=10, history_ttl=60.0, force_recovery=True,
                                    allow_user_limited_channels=True),
+        # Membership decided by an access provider (the chat product's `acl = "chat"`).
+        "members": ChannelOptions(**{**FULL, "acl": "club"}),
     },
 )
 
@@ -103,6 +105,8 @@ class FakeNode:
         self.attached: dict[str, ClientInfo] = {}
         # Channels whose attachment fails on the node (the gateway throws 100 into the session).
         self.broken: set[str] = set()
+        # (provider, channel, user) the access provider allows; anything else is refused.
+        self.allowed: set[tuple[str, str, str]] = set()
 
     def stream(self, channel: str) -> Stream:
         return self.streams.setdefault(channel, Stream())
@@ -122,6 +126,8 @@ class FakeNode:
                 return dict(value)
             case effects.Register():
                 return None
+            case effects.CheckAccess():
+                return (eff.provider, eff.channel, eff.user) in self.allowed
             case effects.SubscribeChannel():
                 if eff.channel in self.broken:
                     raise codes.error(codes.INTERNAL)
@@ -1506,3 +1512,46 @@ def _mutate_bytes(rng: random.Random, data: bytes) -> bytes:
         elif buf:
             del buf[min(pos, len(buf) - 1)]
     return bytes(buf)
+
+
+# ---- access providers apply to every way of subscribing ---------------------------------------
+
+
+def test_acl_namespace_client_subscribe_asks_the_provider(hc: Harness) -> None:
+    assert err(hc.subscribe("members:a")) == codes.PERMISSION_DENIED[0]
+    hc.node.allowed.add(("club", "members:a", "alice"))
+    assert err(hc.subscribe("members:a")) is None
+    assert "members:a" in hc.session.subs
+
+
+def test_token_channels_claim_is_checked_by_the_provider(h: Harness) -> None:
+    """A token's `channels` do not bypass the namespace's access provider: a refused channel
+    is left out (nothing attached, no history read), the others and the connect stand."""
+    h.node.allowed.add(("club", "members:ok", "alice"))
+    reply = h.connect(channels=["members:ok", "members:kicked", "chat:x"])
+    assert reply.connect is not None
+    assert sorted(reply.connect.subs) == ["chat:x", "members:ok"]
+    assert sorted(h.session.subs) == ["chat:x", "members:ok"]
+    assert "members:kicked" not in h.node.attached
+    asked = [(e.channel, e.action) for e in h.node.of(effects.CheckAccess)]
+    assert asked == [("members:ok", "subscribe"), ("members:kicked", "subscribe")]
+
+
+def test_token_subs_claim_and_recovery_are_checked_too(h: Harness) -> None:
+    token = h.token("alice", subs={"members:kicked": {}})
+    h.node.stream("members:kicked").publish(3)
+    reply = h.call(connect={"token": token, "subs": {"members:kicked": {
+        "recover": True, "offset": 1, "epoch": "ep1"}}})
+    assert reply.error is None and reply.connect is not None
+    assert reply.connect.subs == {}
+    assert h.node.of(effects.SubscribeChannel) == []
+
+
+def test_server_api_subscribe_is_checked_by_the_provider(hc: Harness) -> None:
+    with pytest.raises(ClientError) as refused:
+        drive(hc.session.server_subscribe("members:a", b"", b"", 0.0, None, None, hc.now), hc.node)
+    assert refused.value.code == codes.PERMISSION_DENIED[0]
+    assert "members:a" not in hc.session.subs
+    hc.node.allowed.add(("club", "members:a", "alice"))
+    assert drive(hc.session.server_subscribe("members:a", b"", b"", 0.0, None, None, hc.now), hc.node)
+    assert "members:a" in hc.session.subs
