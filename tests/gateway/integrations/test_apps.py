@@ -18,11 +18,11 @@ async def test_register_app_token_shown_once_and_stored_hashed(integ: IntegEnv) 
     admin = await integ.user("adm", role="admin")
     ch = await integ.channel(admin)
     created = await integ.app("Ticketing", channels=[ch], events=["message"],
-                              commands=[{"command": "/ticket", "description": "Tickets"}])
+                              commands=[{"command": "/ticketing", "description": "Tickets"}])
     app, token, secret = created["app"], created["bot_token"], created["signing_secret"]
     assert token.startswith("xoxb-") and len(secret) == 64
     assert app["bot_user_id"].startswith("bot.") and app["channels"] == [ch]
-    assert app["commands"][0]["command"] == "/ticket"
+    assert app["commands"][0]["command"] == "/ticketing"
     # Never shown again; stored as a hash, the secret encrypted (not in clear anywhere).
     got = (await integ.admin("GET", f"/v1/apps/{app['id']}")).body
     assert "bot_token" not in got and "signing_secret" not in got
