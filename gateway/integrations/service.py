@@ -235,6 +235,11 @@ class IntegrationService:
         assert self.chat.cipher is not None  # noqa: S101 - set by ChatService.start
         secret_enc = self.chat.cipher.encrypt(signing_secret, aad=f"integ_apps.signing_secret:{app_id}")
         channels = sorted(set(spec.channels or []))
+        if spec.events_url:
+            # The handshake is signed with the app's secret, which the app learns from this
+            # very answer: its events URL is set afterwards (PATCH) and verified then.
+            raise bad_request("set events_url with PATCH once the app knows its signing secret "
+                              "(it must answer the url_verification challenge)")
         async with self.chat.db.write() as q:
             a = AppQueries(q.c)
             for channel_id in channels:
@@ -265,6 +270,25 @@ class IntegrationService:
                                   f"member.joined:{channel_id}:{bot_user}:app")
         return {"app": self._app_json(row, commands), "bot_token": token, "signing_secret": signing_secret}
 
+    async def verify_events_url(self, app_id: str, url: str) -> None:
+        """Slack's ``url_verification`` handshake: a signed challenge the events URL must
+        echo before it receives events (so a typo'd URL is refused when saved)."""
+        challenge = secrets.token_urlsafe(24)
+        body = orjson.dumps({"token": "", "challenge": challenge, "type": "url_verification"})
+        try:
+            status, answer = await self.call_app(app_id, url, body, "application/json",
+                                                 self.settings.command_timeout)
+        except Exception as exc:  # unreachable, timeout: the URL is not usable
+            raise bad_request(f"events_url did not answer the url_verification challenge ({exc!r})") from None
+        echoed = None
+        try:
+            value = orjson.loads(answer)
+            echoed = value.get("challenge") if isinstance(value, dict) else None
+        except orjson.JSONDecodeError:
+            echoed = answer.decode("utf-8", "replace").strip()
+        if status != 200 or echoed != challenge:
+            raise bad_request(f"events_url did not echo the url_verification challenge (HTTP {status})")
+
     async def list_apps(self) -> dict[str, Any]:
         async with self.chat.db.read() as q:
             rows = await AppQueries(q.c).apps()
@@ -284,6 +308,8 @@ class IntegrationService:
         """Change an app. ``enabled: false`` stops its token, webhooks, response URLs,
         commands and events at once: every one of them reads the flag per request."""
         self._validate_spec(spec)
+        if spec.events_url:
+            await self.verify_events_url(app_id, spec.events_url)
         fields = {k: v for k, v in msgspec.structs.asdict(spec).items()
                   if v is not None and k != "commands"}
         if "events" in fields:

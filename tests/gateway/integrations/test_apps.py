@@ -217,3 +217,30 @@ async def test_slack_web_api_subset_with_slack_sdk(integ: IntegEnv) -> None:
         assert (await resp.json())["ok"] is True
     async with aiohttp.ClientSession() as http, http.post(f"{integ.slack_api}nope.method") as resp:
         assert (await resp.json())["error"] == "unknown_method"
+
+
+async def test_cli_manages_apps_through_the_api(integ: IntegEnv, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gateway.integrations.cli import run
+    from tests.conftest import API_KEY
+
+    owner = await integ.user("own")
+    ch = await integ.channel(owner)
+    base = ["--url", integ.srv.http_url, "--api-key", API_KEY]
+    code = await asyncio.to_thread(run, [*base, "create", "--name", "Cli App", "--channel", ch,
+                                         "--command", "/cliapp", "--click-policy", "admins"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    created = json.loads(out)
+    app_id = created["app"]["id"]
+    assert created["bot_token"].startswith("xoxb-") and created["app"]["click_policy"] == "admins"
+    assert await asyncio.to_thread(run, [*base, "disable", app_id]) == 0
+    assert json.loads(capsys.readouterr().out)["app"]["enabled"] is False
+    bearer = {"Authorization": f"Bearer {created['bot_token']}"}
+    assert (await integ.http("GET", "/v1/channels", headers=bearer)).status == 401
+    assert await asyncio.to_thread(run, [*base, "hook", app_id, "--channel", ch]) == 0
+    assert "/hooks/H" in capsys.readouterr().out
+    assert await asyncio.to_thread(run, [*base, "list"]) == 0
+    assert app_id in capsys.readouterr().out
+    assert await asyncio.to_thread(run, ["--url", integ.srv.http_url, "--api-key", "wrong", "list"]) == 1

@@ -302,14 +302,23 @@ async def test_app_mention_with_bolt_and_outbox_in_order_after_downtime(integ: I
         await conn.close()
 
 
-async def test_dead_app_is_dead_lettered_and_listed(integ: IntegEnv) -> None:
+async def test_dead_app_is_dead_lettered_and_listed(integ: IntegEnv, bolt: Any) -> None:
     user = await integ.user("usr")
     ch = await integ.channel(user)
+    created = await integ.app("Gone", channels=[ch], events=["message"])
+    app_id = created["app"]["id"]
+    # url_verification: an events URL that does not echo the challenge is refused...
     from tests.gateway.integrations.conftest import free_port
 
     dead_url = f"http://127.0.0.1:{free_port()}/events"
-    created = await integ.app("Gone", channels=[ch], events=["message"], events_url=dead_url)
-    app_id = created["app"]["id"]
+    r = await integ.admin("PATCH", f"/v1/apps/{app_id}", {"events_url": dead_url})
+    assert r.status == 400 and "url_verification" in r.body["error"]["message"]
+    r = await integ.admin("POST", "/v1/apps", {"name": "Early", "events_url": dead_url})
+    assert r.status == 400
+    # ...a real bolt app answers it (its verification on); then the app dies for good.
+    runner = await bolt(created["bot_token"], created["signing_secret"], lambda app: None)
+    assert (await integ.admin("PATCH", f"/v1/apps/{app_id}", {"events_url": runner.url})).status == 200
+    runner.stop()
     await integ.ok("POST", f"/v1/channels/{ch}/messages", user, {"text": "anyone?"})
     deadline = time.monotonic() + 15
     while True:
