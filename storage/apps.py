@@ -176,20 +176,23 @@ class AppQueries:
     # ---- outbox ---------------------------------------------------------------------------
 
     async def enqueue(self, *, channel_id: str, event_type: str, event: str,
-                      member_apps_only: bool = True, app_ids: Sequence[str] = ()) -> int:
+                      member_apps_only: bool = True, app_ids: Sequence[str] = (),
+                      exclude_user: str = "") -> int:
         """One outbox row per enabled app subscribed to ``event_type`` with an events URL
-        whose bot user is a member of the channel (or, with ``app_ids``, those apps);
-        ``event`` is the JSON of the Slack event. Returns the rows written."""
+        whose bot user is a member of the channel (or, with ``app_ids``, those apps), but
+        the app whose bot is ``exclude_user`` (its own doing); ``event`` is the JSON of the
+        Slack event. Returns the rows written."""
         # One INSERT ... SELECT: a send in a channel no app listens to costs one index probe.
         result = await self.c.execute(
             """INSERT INTO integ_outbox (app_id, channel_id, event)
                SELECT a.id, $1, $3::jsonb FROM integ_apps a
                WHERE a.enabled AND a.events_url <> '' AND $2 = ANY(a.events)
+                 AND a.bot_user_id <> $6
                  AND (CASE WHEN $4 THEN EXISTS (
                           SELECT 1 FROM chat_members m WHERE m.channel_id = $1
                                                          AND m.user_id = a.bot_user_id)
                       ELSE a.id = ANY($5::text[]) END)""",
-            channel_id, event_type, event, member_apps_only, list(app_ids))
+            channel_id, event_type, event, member_apps_only, list(app_ids), exclude_user)
         return int(result.split()[-1])
 
     async def due_heads(self, limit: int) -> list[Row]:

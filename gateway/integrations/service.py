@@ -867,8 +867,9 @@ class IntegrationService:
             if row.get("app_id"):
                 event["bot_id"] = "B" + row["app_id"][1:]
                 event["app_id"] = row["app_id"]
+            # An app does not hear its own messages (no loops with a bot answering itself).
             written += await a.enqueue(channel_id=channel_id, event_type="message",
-                                       event=orjson.dumps(event).decode())
+                                       event=orjson.dumps(event).decode(), exclude_user=row["author_id"])
             mentioned = sorted(u for u in facts.get("mentions", ()) if u.startswith("bot."))
             if mentioned:
                 bots = await q.c.fetch(
@@ -886,7 +887,7 @@ class IntegrationService:
                      "item": {"type": "message", "channel": channel_id, "ts": slack.ts_of(msg["id"])},
                      "event_ts": f"{facts['at'].timestamp():.6f}"}
             written += await a.enqueue(channel_id=channel_id, event_type="reaction_added",
-                                       event=orjson.dumps(event).decode())
+                                       event=orjson.dumps(event).decode(), exclude_user=facts["user_id"])
         elif kind == "member_joined_channel":
             event = {"type": "member_joined_channel", "user": facts["user_id"], "channel": channel_id,
                      "channel_type": "G" if channel_type == "im" else "C", "team": TEAM_ID,

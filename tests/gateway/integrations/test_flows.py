@@ -277,6 +277,8 @@ async def test_app_mention_with_bolt_and_outbox_in_order_after_downtime(integ: I
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     assert page["messages"][-1]["text"] == f"Hi @{user}!"
+    await asyncio.sleep(0.5)
+    assert all(m.get("user") != bot for m in messages)  # an app does not hear itself
     # The app goes down: the sends are not delayed; once it is back, every event arrives,
     # in order.
     runner.stop()
