@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
-Row = asyncpg.Record
+Row: TypeAlias = asyncpg.Record
 
 APP_COLUMNS = """id, name, bot_user_id, commands_url, interactivity_url, events_url, events,
                  channels, click_policy, enabled, created_by, created_at"""
@@ -71,8 +71,9 @@ class AppQueries:
 
     async def signing_secret(self, app_id: str) -> bytes | None:
         """The encrypted signing secret of an app."""
-        return await self.c.fetchval(
+        blob = await self.c.fetchval(
             "SELECT signing_secret_enc FROM integ_apps WHERE id = $1", app_id)
+        return bytes(blob) if blob is not None else None
 
     async def update_app(self, app_id: str, fields: dict[str, Any]) -> Row | None:
         """Set the given columns (names from the service's fixed list); the updated row."""

@@ -123,7 +123,7 @@ class IntegrationHttp:
                 raise bad_request(f"unknown field(s): {', '.join(sorted(unknown))}")
             if not parts[1].isdigit():
                 raise bad_request("message_id: a message id")
-            return ok(await svc.actions_invoke(actor, int(parts[1]), data.get("action_id"),
+            return ok(await svc.actions_invoke(actor, int(parts[1]), data.get("action_id", ""),
                                                data.get("block_id"), data.get("value"), host))
         if path == "/v1/admin/outbox":
             allow("GET")

@@ -101,9 +101,9 @@ async def bolt(integ: IntegEnv) -> AsyncIterator[Callable[..., Any]]:
     The App is built in a thread: it calls auth.test on SENTchat (token verification on)."""
     started: list[BoltRunner] = []
 
-    async def make(token: str, signing_secret: str, setup: Callable[[App], None]) -> BoltRunner:
+    async def make(token: str, signing_secret: str, setup: Callable[[App], None], **options: Any) -> BoltRunner:
         def build() -> App:
-            return App(client=integ.web(token), signing_secret=signing_secret)
+            return App(client=integ.web(token), signing_secret=signing_secret, **options)
 
         app = await asyncio.to_thread(build)
         setup(app)

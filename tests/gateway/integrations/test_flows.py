@@ -263,7 +263,9 @@ async def test_app_mention_with_bolt_and_outbox_in_order_after_downtime(integ: I
         def reaction(event: dict[str, Any]) -> None:
             messages.append(event)
 
-    runner = await bolt(created["bot_token"], created["signing_secret"], setup)
+    # Listeners run before the answer (process_before_response): the order they record is
+    # the order SENTchat delivered in, not a thread pool's.
+    runner = await bolt(created["bot_token"], created["signing_secret"], setup, process_before_response=True)
     await integ.admin("PATCH", f"/v1/apps/{app_id}", {"events_url": runner.url})
     sent = await integ.ok("POST", f"/v1/channels/{ch}/messages", user, {"text": f"hey @{bot} help"})
     await until(lambda: bool(mentions))
@@ -294,7 +296,7 @@ async def test_app_mention_with_bolt_and_outbox_in_order_after_downtime(integ: I
         pending = await conn.fetchval("SELECT count(*) FROM integ_outbox WHERE app_id = $1 AND state = 'pending'",
                                       app_id)
         assert pending >= 11
-        back = await bolt(created["bot_token"], created["signing_secret"], setup)
+        back = await bolt(created["bot_token"], created["signing_secret"], setup, process_before_response=True)
         await integ.admin("PATCH", f"/v1/apps/{app_id}", {"events_url": back.url})
         await until(lambda: len(messages) >= 11, timeout=20)
         texts = [m.get("text") for m in messages if m["type"] == "message"]
