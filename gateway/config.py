@@ -141,6 +141,42 @@ class ChatSettings(msgspec.Struct, forbid_unknown_fields=True):
     encryption_key_id: str = ""
 
 
+class IntegrationSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Apps, bots, incoming webhooks, the Slack-compatible Web API, slash commands,
+    # interactive messages and outgoing events (docs/integrations.md); part of the chat.
+    enabled: bool = False
+    slack_api_prefix: str = "/slack/api/"   # Slack Web API subset (auth.test, chat.postMessage...)
+    hooks_prefix: str = "/hooks/"           # incoming webhooks and response URLs
+    # Base URL apps are given for webhooks and response_url; empty: http://<http.host>:<port>.
+    public_url: str = ""
+    hook_rate: float = 1.0                  # messages per second per incoming webhook...
+    hook_burst: int = 20                    # ...after a burst of this many (then 429)
+    command_timeout: float = 3.0            # an app's answer to a command or a click
+    signature_tolerance: float = 300.0      # X-Slack-Request-Timestamp skew accepted
+    response_url_ttl: float = 1800.0        # a response_url works this long...
+    response_url_uses: int = 5              # ...this many times
+    event_max_attempts: int = 8             # then the event is dead-lettered
+    event_backoff: float = 1.0              # first retry delay, doubled per attempt...
+    event_backoff_max: float = 300.0        # ...up to this
+    event_timeout: float = 5.0              # an events URL's answer
+    event_poll_interval: float = 0.5        # outbox scan when nothing woke it
+
+    def __post_init__(self) -> None:
+        for key in ("slack_api_prefix", "hooks_prefix"):
+            value = getattr(self, key)
+            if not (value.startswith("/") and value.endswith("/") and len(value) > 2):
+                raise ValueError(f"{key} must start and end with '/' (e.g. '/slack/api/')")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("public_url must be an http(s) URL")
+        if self.hook_rate <= 0 or self.hook_burst < 1 or self.command_timeout <= 0 \
+                or self.response_url_ttl <= 0 or self.response_url_uses < 1 \
+                or self.event_max_attempts < 1 or self.event_backoff <= 0 \
+                or self.event_backoff_max < self.event_backoff or self.event_timeout <= 0 \
+                or self.event_poll_interval <= 0 or self.signature_tolerance <= 0:
+            raise ValueError("rates, timeouts, uses and attempts must be positive "
+                             "(event_backoff_max >= event_backoff)")
+
+
 class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
     name: str = ""
 
@@ -161,6 +197,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
+    integrations: IntegrationSettings = msgspec.field(default_factory=IntegrationSettings)
 
     @property
     def durable(self) -> bool:
@@ -190,6 +227,9 @@ DURATION_KEYS = frozenset({
     "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
     "expired_sub_close_delay", "history_ttl", "retention", "jwks_cache_ttl", "flush_interval",
     "presence_ttl", "node_info_interval", "write_delay",
+    # [integrations]
+    "command_timeout", "signature_tolerance", "response_url_ttl", "event_backoff",
+    "event_backoff_max", "event_timeout", "event_poll_interval",
 })
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

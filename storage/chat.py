@@ -321,16 +321,19 @@ class ChatQueries:
 
     async def insert_message(self, *, channel_id: str, author: str, client_msg_id: str | None,
                              text: str, rendered: str, thread_parent: int | None,
-                             also_to_channel: bool, mentions: list[str]) -> Row | None:
-        """A new chat_messages row; None when the author already sent ``client_msg_id``."""
+                             also_to_channel: bool, mentions: list[str], blocks: str | None = None,
+                             app_id: str | None = None, bot_profile: str | None = None) -> Row | None:
+        """A new chat_messages row; None when the author already sent ``client_msg_id``.
+        ``blocks`` / ``bot_profile`` (JSON) and ``app_id``: what an app posted (0004)."""
         return await self.c.fetchrow(
             """INSERT INTO chat_messages (channel_id, author_id, client_msg_id, text, rendered,
-                                          thread_parent, also_to_channel, mentions)
-               VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)
+                                          thread_parent, also_to_channel, mentions, blocks,
+                                          app_id, bot_profile)
+               VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9::jsonb, $10, $11::jsonb)
                ON CONFLICT (author_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
                RETURNING *""",
             channel_id, author, client_msg_id, text, rendered, thread_parent, also_to_channel,
-            mentions)
+            mentions, blocks, app_id, bot_profile)
 
     async def count_reply(self, parent_id: int, author: str, at: datetime) -> Row:
         """One more reply by ``author`` at ``at`` in the thread; the updated parent row."""
@@ -378,19 +381,21 @@ class ChatQueries:
             row["id"], row["version"], row["text"], row["rendered"], editor)
 
     async def edit_message(self, message_id: int, *, text: str, rendered: str,
-                           mentions: list[str]) -> Row:
-        """New text, next version; the updated row."""
+                           mentions: list[str], blocks: str | None = None,
+                           set_blocks: bool = False) -> Row:
+        """New text (and, with ``set_blocks``, new blocks JSON), next version; the updated row."""
         row = await self.c.fetchrow(
             """UPDATE chat_messages SET text = $2, rendered = $3::jsonb, mentions = $4,
+                   blocks = CASE WHEN $6 THEN $5::jsonb ELSE blocks END,
                    version = version + 1, edited_at = now()
-               WHERE id = $1 RETURNING *""", message_id, text, rendered, mentions)
+               WHERE id = $1 RETURNING *""", message_id, text, rendered, mentions, blocks, set_blocks)
         assert row is not None  # noqa: S101 - the caller holds the row locked
         return row
 
     async def delete_message(self, message_id: int) -> Row:
         """Blank the message, mark it deleted, next version; the updated row."""
         row = await self.c.fetchrow(
-            """UPDATE chat_messages SET text = '', rendered = '[]', deleted = true,
+            """UPDATE chat_messages SET text = '', rendered = '[]', blocks = NULL, deleted = true,
                    version = version + 1, edited_at = now()
                WHERE id = $1 RETURNING *""", message_id)
         assert row is not None  # noqa: S101 - the caller holds the row locked

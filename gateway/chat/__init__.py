@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from gateway.chat.binding import ChatHttp
     from gateway.chat.service import ChatService
     from gateway.http import Answer, RequestHead
+    from gateway.integrations.http import IntegrationHttp
+    from gateway.integrations.service import IntegrationService
 
 ACCESS_PROVIDER = "chat"
 """The access provider's name: a namespace with ``acl = "chat"`` asks chat membership."""
@@ -35,6 +37,10 @@ RPC_METHODS: tuple[str, ...] = (
     "pins.remove", "pins.list", "read.mark", "unread.counts", "presence.set_status", "users.get",
 )
 
+# The integrations' RPC methods (gateway/integrations/rpc.py), served when
+# [integrations] enabled: slash commands and clicks on apps' buttons.
+INTEGRATION_RPC_METHODS: tuple[str, ...] = ("commands.run", "commands.list", "actions.invoke")
+
 
 class Loaded(NamedTuple):
     """The started product: the service, its HTTP binding, its RPC methods by name."""
@@ -42,6 +48,8 @@ class Loaded(NamedTuple):
     service: ChatService
     http: ChatHttp
     rpc: dict[str, RpcHandler]
+    integrations: IntegrationService | None = None
+    integrations_http: IntegrationHttp | None = None
 
 
 class ChatExtension:
@@ -57,9 +65,17 @@ class ChatExtension:
     def register(self, engine: Engine) -> Registration:
         """Stubs for every chat entry point; the first one called loads the service."""
         self._engine = engine
+        integ = engine.settings.integrations
+        methods = RPC_METHODS + (INTEGRATION_RPC_METHODS if integ.enabled else ())
+        prefixes = {HTTP_PREFIX: self._http}
+        if integ.enabled:
+            # Incoming webhooks / response URLs and the Slack Web API subset: the
+            # integrations ride on the chat's service, pool and authentication.
+            prefixes[integ.hooks_prefix] = self._hooks_http
+            prefixes[integ.slack_api_prefix] = self._slack_http
         return Registration(
-            rpc_methods={name: self._rpc_stub(name) for name in RPC_METHODS},
-            http_prefixes={HTTP_PREFIX: self._http},
+            rpc_methods={name: self._rpc_stub(name) for name in methods},
+            http_prefixes=prefixes,
             access_checks={ACCESS_PROVIDER: self._check_access},
             on_user_online=self._online_changed)
 
@@ -105,7 +121,21 @@ class ChatExtension:
         engine = self.engine
         service = ChatService(engine, engine.settings.chat)
         await service.start(engine.settings.storage.postgres_dsn)
-        self._loaded = Loaded(service, ChatHttp(engine, service), rpc_methods(engine, service))
+        http = ChatHttp(engine, service)
+        rpc = rpc_methods(engine, service)
+        integrations = integrations_http = None
+        if engine.settings.integrations.enabled:
+            from gateway.integrations.http import IntegrationHttp
+            from gateway.integrations.rpc import rpc_methods as integration_rpc
+            from gateway.integrations.service import IntegrationService
+
+            integrations = IntegrationService(engine, service, engine.settings.integrations)
+            await integrations.start()
+            service.event_hook = integrations.on_chat_event
+            http.bots = integrations
+            integrations_http = IntegrationHttp(integrations, http)
+            rpc.update(integration_rpc(engine, service, integrations))
+        self._loaded = Loaded(service, http, rpc, integrations, integrations_http)
         return self._loaded
 
     async def stop(self) -> None:
@@ -113,6 +143,8 @@ class ChatExtension:
         loading, self._loading = self._loading, None
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
+            if loaded.integrations is not None:
+                await loaded.integrations.stop()
             await loaded.service.stop()
         elif loading is not None and not loading.done():
             loading.cancel()
@@ -126,7 +158,19 @@ class ChatExtension:
 
     async def _http(self, head: RequestHead, body: bytes) -> Answer:
         loaded = self._loaded or await self.load()
+        if loaded.integrations_http is not None and loaded.integrations_http.owns(head.path):
+            return await loaded.integrations_http.handle_v1(head, body)
         return await loaded.http.handle(head, body)
+
+    async def _hooks_http(self, head: RequestHead, body: bytes) -> Answer:
+        loaded = self._loaded or await self.load()
+        assert loaded.integrations_http is not None  # noqa: S101 - registered only when enabled
+        return await loaded.integrations_http.handle_hooks(head, body)
+
+    async def _slack_http(self, head: RequestHead, body: bytes) -> Answer:
+        loaded = self._loaded or await self.load()
+        assert loaded.integrations_http is not None  # noqa: S101 - registered only when enabled
+        return await loaded.integrations_http.handle_slack(head, body)
 
     async def _check_access(self, user: str, channel: str, action: str) -> bool:
         loaded = self._loaded or await self.load()

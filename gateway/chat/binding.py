@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 import orjson
@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+
+
+class BotAuth(Protocol):
+    """What the integrations provide for apps' bot tokens (gateway/integrations)."""
+
+    async def app_for_token(self, token: str) -> Any: ...
+
+    def bot_actor(self, app: Any) -> Actor: ...
+
+    async def authorize_bot(self, app: Any, op: str, params: Any) -> None: ...
 
 
 class Op(NamedTuple):
@@ -171,6 +181,8 @@ class ChatHttp:
         self.service = service
         self.routes = [_Route(op, _compile(op.path)) for op in OPS]
         self._openapi: bytes | None = None
+        # Set when the integrations load: resolves and limits apps' bot tokens.
+        self.bots: BotAuth | None = None
 
     async def handle(self, head: RequestHead, body: bytes) -> Answer:
         """Answer one request whose path starts with ``/v1/``."""
@@ -206,7 +218,15 @@ class ChatHttp:
         # 401, never a 400 that describes what a valid request looks like.
         app = self._api_key_ok(head.headers)
         actor: Actor | None = None
-        if op.admin:
+        bot = self._bot_token(head.headers)
+        bot_app: Any = None
+        if bot is not None:
+            # An app's bot token: its bot user, with the app's narrower rights.
+            if self.bots is None or op.admin:
+                raise unauthorized("bot tokens cannot call this operation")
+            bot_app = await self.bots.app_for_token(bot)
+            actor = self.bots.bot_actor(bot_app)
+        elif op.admin:
             if not app:
                 raise unauthorized("this operation needs the API key (X-API-Key)")
         elif not (app and op.name in APP_OPS):
@@ -228,6 +248,8 @@ class ChatHttp:
                 raise bad_request(f"{key} in the body does not match the URL")
             fields[key] = text
         params = _convert(op, fields)
+        if bot_app is not None and self.bots is not None:
+            await self.bots.authorize_bot(bot_app, op.name, params)
         if op.admin:
             result = await _handler(self.service, op)(Actor("app", "owner"), params)
         elif actor is None and getattr(params, "user_id", None):
@@ -244,6 +266,11 @@ class ChatHttp:
         if status == 201 and getattr(result, "created", True) is False:
             status = 200  # a retry found what the first request created
         return status, msgspec.json.encode(result), JSON
+
+    def _bot_token(self, headers: Mapping[str, str]) -> str | None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        return token if scheme.lower() == "bearer" and token.startswith("xoxb-") else None
 
     def _api_key_ok(self, headers: Mapping[str, str]) -> bool:
         return self.engine.carries_api_key(headers)

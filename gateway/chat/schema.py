@@ -3,7 +3,7 @@ result objects, shared by the RPC and HTTP bindings and by the OpenAPI document.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -175,6 +175,11 @@ class Message(msgspec.Struct):
     reply_users: list[str] = []
     last_reply_at: float | None = None
     reactions: dict[str, list[str]] = {}
+    # Posted by an app (gateway/integrations): its Block Kit blocks, the app, and how it
+    # shows (a webhook's username / icon); None for people's messages.
+    blocks: list[dict[str, Any]] | None = None
+    app_id: str | None = None
+    bot_profile: dict[str, str] | None = None
 
 
 class MessageVersion(msgspec.Struct):

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -54,6 +54,22 @@ class Actor(NamedTuple):
     role: str
 
 
+class MessageExtra(NamedTuple):
+    """What an app's message carries beyond text (gateway/integrations): Block Kit blocks
+    and the author's look (JSON strings, validated by the caller), and the app's id."""
+
+    blocks: str | None = None
+    app_id: str | None = None
+    bot_profile: str | None = None
+
+
+EventHook = Callable[[ChatQueries, str, str, dict[str, Any]], Awaitable[None]]
+"""(queries of the write's transaction, event kind, channel id, facts) -> None: called
+inside the transaction of a chat write, so that what it writes (the integrations' outbox)
+commits or rolls back with the write itself. Kinds: ``message``, ``reaction_added``,
+``member_joined_channel``."""
+
+
 def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
@@ -74,6 +90,8 @@ class ChatService:
         self.cipher: FieldCipher | None = None
         self._roles: dict[str, tuple[float, str]] = {}
         self._profiles: dict[str, bytes] = {}
+        # Set by the integrations when they load: events for apps (their outbox).
+        self.event_hook: EventHook | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -200,7 +218,10 @@ class ChatService:
             edited_at=_ts(r["edited_at"]), client_msg_id=r["client_msg_id"],
             thread_parent=r["thread_parent"], also_to_channel=r["also_to_channel"],
             reply_count=r["reply_count"], reply_users=list(r["reply_users"]),
-            last_reply_at=_ts(r["last_reply_at"]), reactions=reactions or {})
+            last_reply_at=_ts(r["last_reply_at"]), reactions=reactions or {},
+            blocks=orjson.loads(r["blocks"]) if r.get("blocks") else None,
+            app_id=r.get("app_id"),
+            bot_profile=orjson.loads(r["bot_profile"]) if r.get("bot_profile") else None)
 
     async def _messages(self, q: ChatQueries, rows: list[Row]) -> list[s.Message]:
         reactions = await q.reactions([r["id"] for r in rows])
@@ -320,6 +341,8 @@ class ChatService:
                 raise conflict("archived", "the channel is archived")
             added = await q.join(channel_id, users)
             for r in added:
+                await self._hook(q, "member_joined_channel", channel_id,
+                                 {"user_id": r["user_id"], "by": actor.id, "at": r["joined_at"]})
                 await q.audit(actor=actor.id, action="member.add", target=f"channel:{channel_id}",
                               after={"user_id": r["user_id"], "invited": invited})
             my_role = await q.member_role(channel_id, actor.id)
@@ -428,8 +451,14 @@ class ChatService:
 
     # ---- messages ---------------------------------------------------------------------
 
-    async def messages_send(self, actor: Actor, p: s.MessagesSend) -> s.MessageResult:
-        """Store the message, then publish its event; idempotent on ``client_msg_id``."""
+    async def _hook(self, q: ChatQueries, kind: str, channel_id: str, facts: dict[str, Any]) -> None:
+        if self.event_hook is not None:
+            await self.event_hook(q, kind, channel_id, facts)
+
+    async def messages_send(self, actor: Actor, p: s.MessagesSend, *,
+                            extra: MessageExtra | None = None) -> s.MessageResult:
+        """Store the message, then publish its event; idempotent on ``client_msg_id``.
+        ``extra``: an app's blocks and look (never from a client's parameters)."""
         rendered = orjson.dumps(render.render_snippets(p.text)).decode()
         users, at_channel, at_here = render.mentions(p.text)
         tags = sorted(users | ({"@channel"} if at_channel else set()) | ({"@here"} if at_here else set()))
@@ -449,7 +478,9 @@ class ChatService:
             row = await q.insert_message(
                 channel_id=p.channel_id, author=actor.id, client_msg_id=p.client_msg_id, text=p.text,
                 rendered=rendered, thread_parent=p.thread_parent, also_to_channel=p.also_to_channel,
-                mentions=tags)
+                mentions=tags, blocks=extra.blocks if extra else None,
+                app_id=extra.app_id if extra else None,
+                bot_profile=extra.bot_profile if extra else None)
             created = row is not None
             if row is None:
                 row = await q.message_by_client_id(actor.id, p.client_msg_id)
@@ -467,6 +498,7 @@ class ChatService:
                     await q.set_last_message(p.channel_id, mid)
                     # What one writes oneself is read.
                     await q.read_up_to(p.channel_id, actor.id, mid)
+                await self._hook(q, "message", p.channel_id, {"row": row, "mentions": users})
                 await q.audit(actor=actor.id, action="message.send", target=f"message:{mid}",
                               after={"channel_id": p.channel_id, "text": p.text,
                                      "thread_parent": p.thread_parent})
@@ -531,7 +563,9 @@ class ChatService:
                 "thread_parent": message.thread_parent, "from": actor.id,
                 "text": message.text[:NOTIFY_TEXT_CHARS]})
 
-    async def messages_edit(self, actor: Actor, p: s.MessagesEdit) -> s.MessageResult:
+    async def messages_edit(self, actor: Actor, p: s.MessagesEdit, *, blocks: str | None = None,
+                            set_blocks: bool = False) -> s.MessageResult:
+        """New text; ``set_blocks``: an app replacing its message's blocks too."""
         rendered = orjson.dumps(render.render_snippets(p.text)).decode()
         users, at_channel, at_here = render.mentions(p.text)
         tags = sorted(users | ({"@channel"} if at_channel else set()) | ({"@here"} if at_here else set()))
@@ -543,11 +577,12 @@ class ChatService:
                 raise forbidden("only members of an active channel can edit")
             if row["deleted"]:
                 raise not_found("message")
-            changed = row["text"] != p.text
+            changed = row["text"] != p.text or set_blocks
             old_text = row["text"]
             if changed:
                 await q.keep_version(row, actor.id)
-                row = await q.edit_message(p.message_id, text=p.text, rendered=rendered, mentions=tags)
+                row = await q.edit_message(p.message_id, text=p.text, rendered=rendered, mentions=tags,
+                                           blocks=blocks, set_blocks=set_blocks)
                 await q.audit(actor=actor.id, action="message.edit", target=f"message:{row['id']}",
                               before={"text": old_text}, after={"text": p.text})
         message = (await self._messages_by_ids([row["id"]]))[0]
@@ -643,6 +678,9 @@ class ChatService:
             else:
                 changed = await q.remove_reaction(p.message_id, actor.id, p.emoji)
             if changed is not None:
+                if add:
+                    await self._hook(q, "reaction_added", row["channel_id"], {
+                        "user_id": actor.id, "emoji": p.emoji, "message": row, "at": changed})
                 await q.audit(actor=actor.id, action="reaction.add" if add else "reaction.remove",
                               target=f"message:{p.message_id}", after={"emoji": p.emoji})
         if changed is not None:
