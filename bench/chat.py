@@ -117,8 +117,9 @@ class RpcClient(WsClient):
     def _connected(self, fut: asyncio.Future[dict[str, Any]]) -> None:
         if self.ready.done():
             return
-        if fut.exception() is not None:
-            self.ready.set_exception(fut.exception())  # type: ignore[arg-type]
+        exc = fut.exception()
+        if exc is not None:
+            self.ready.set_exception(exc)
         elif "error" in fut.result():
             self.ready.set_exception(ConnectionError(f"connect refused: {fut.result()['error']}"))
         else:
@@ -539,6 +540,7 @@ async def run_list(gw: GatewayProcess, channel_id: str, reader: str, lo: int, hi
                 kind = KINDS[n % len(KINDS)]
                 params = list_params(kind, rng, lo, hi)
                 t = time.perf_counter_ns()
+                body: Any  # the decoded reply: the page, or the error
                 if ws is not None:
                     reply = await ws.command({"rpc": {"method": "messages.list",
                                                       "data": {"channel_id": channel_id, **params}}})
@@ -660,8 +662,8 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         sends = await run_sends(gw, fan_id, senders, args.rate, args.warmup, args.duration, max_seq)
         pg_cpu = cpu_delta(pg_cpu0, pg.cpu())
         await asyncio.sleep(args.settle)  # deliveries still in flight after the last ack
-        for p in pipes:
-            p.send(("check", sends["acked"]))
+        for pipe in pipes:
+            pipe.send(("check", sends["acked"]))
         checks = await loop.run_in_executor(None, collect_from_pipes, pipes, "check", args.timeout * 2)
         delivery = Histogram()
         for c in checks:
@@ -728,9 +730,9 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         if n_problems:
             print(f"server log: {n_problems} warning/error lines, e.g. {problems[:3]}", flush=True)
     finally:
-        for p in pipes:
+        for pipe in pipes:
             with contextlib.suppress(OSError):
-                p.send(("stop", None))
+                pipe.send(("stop", None))
         for p in procs:
             p.join(5)
             if p.is_alive():

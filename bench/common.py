@@ -21,11 +21,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait as wait_pipes
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from storage.embedded import die_with_parent, free_port, valkey_command
 
@@ -706,7 +706,7 @@ def start_pacing(loop: asyncio.AbstractEventLoop, tick_s: float) -> Callable[[],
     return stop
 
 
-def run_client_process(main: Callable[[int, dict[str, Any], Pipe], Awaitable[None]],
+def run_client_process(main: Callable[[int, dict[str, Any], Pipe], Coroutine[Any, Any, None]],
                        index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
     """Body of a benchmark client process: ``main(index, cfg, pipe)`` on uvloop, with a hard
     stop (SIGALRM at ``cfg["hard_limit_s"]``) so it never outlives the benchmark's deadline."""
@@ -730,10 +730,12 @@ def collect_from_pipes(pipes: list[Pipe], kind: str, timeout: float) -> list[Any
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"client processes did not report {kind!r} within {timeout:.0f} s")
-        for p in wait_pipes([p for i, p in enumerate(pipes) if i not in got], left):
-            i = pipes.index(p)  # type: ignore[arg-type]
+        # wait() hands back some of the objects it was given: Connections here
+        ready = cast("list[Pipe]", wait_pipes([p for i, p in enumerate(pipes) if i not in got], left))
+        for p in ready:
+            i = pipes.index(p)
             try:
-                msg = p.recv()  # type: ignore[union-attr]
+                msg = p.recv()
             except EOFError:
                 raise RuntimeError(f"client process {i} died before {kind!r}") from None
             if msg[0] != kind:
@@ -804,7 +806,8 @@ class WsClient(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream connection's transport (the base signature names the base class)
+        self.transport = cast(asyncio.Transport, transport)
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -837,7 +840,8 @@ class WsClient(asyncio.Protocol):
             return False
         self.upgraded = True
         if self.first_frame:
-            self.transport.write(self.first_frame)  # type: ignore[union-attr]
+            assert self.transport is not None  # noqa: S101 - set in connection_made, before any data
+            self.transport.write(self.first_frame)
         self.on_upgraded()
         return True
 
@@ -851,7 +855,8 @@ class WsClient(asyncio.Protocol):
                 self.on_close_frame(payload)
                 return
             elif op == 0x9:
-                self.transport.write(client_frame(payload, 0xA))  # type: ignore[union-attr]
+                assert self.transport is not None  # noqa: S101 - set in connection_made, before any data
+                self.transport.write(client_frame(payload, 0xA))
             elif op != 0xA:
                 self.protocol_error(f"opcode {op}")
                 return
@@ -863,7 +868,8 @@ class WsClient(asyncio.Protocol):
     def pong(self) -> None:
         """Answer a server ping."""
         self.note_ping()
-        self.transport.write(PONG)  # type: ignore[union-attr]
+        assert self.transport is not None  # noqa: S101 - set in connection_made, before any data
+        self.transport.write(PONG)
 
     def on_close_frame(self, payload: bytes) -> None:
         """The server closes: answer its close frame, then close our side."""
@@ -872,8 +878,9 @@ class WsClient(asyncio.Protocol):
         if self.closing:
             return
         self.end(f"close {code} {reason}".strip(), abort=False)
-        self.transport.write(client_frame(payload[:2], 0x8))  # type: ignore[union-attr]
-        self.transport.close()  # type: ignore[union-attr]
+        assert self.transport is not None  # noqa: S101 - set in connection_made, before any data
+        self.transport.write(client_frame(payload[:2], 0x8))
+        self.transport.close()
 
     def protocol_error(self, what: str) -> None:
         self.note_protocol_error()

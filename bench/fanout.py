@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
@@ -361,7 +362,7 @@ async def publish_all(host: str, port: int, api_key: str, count: int, rate: floa
                 if writer is None:
                     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
                                                             call_timeout)
-                assert reader is not None  # noqa: S101
+                assert reader is not None and writer is not None  # noqa: S101 - opened just above
                 sent = time.time_ns()
                 data = b'{"s":%d,"t":%d,"k":%d,"p":"' % (seq, sent, sched)
                 pad = max(0, payload_bytes - len(data) - 2)
@@ -499,8 +500,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"opening {n} connections on {nch} channel(s) from {procs} client process(es)...",
               flush=True)
         t_connect = time.perf_counter()
-        for p in pipes:
-            p.send(("connect",))
+        for pipe in pipes:
+            pipe.send(("connect",))
         ready = _collect(pipes, "ready", args.timeout * 2 + 30)
         connect_s = time.perf_counter() - t_connect
         held = sum(r["ready"] for r in ready)
@@ -516,17 +517,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pub = uvloop.run(publish_all("127.0.0.1", port, server.api_key, args.publications,
                                      args.rate, args.payload_bytes, args.timeout, nch,
                                      args.publishers))
-        for p in pipes:
-            p.send(("finish", pub["failed"], args.timeout))
+        for pipe in pipes:
+            pipe.send(("finish", pub["failed"], args.timeout))
         outcome = _collect(pipes, "result", args.timeout + 30)
         snap_end = _snapshot(server, valkey)
         restarts = server.worker_restarts()
+        metrics: Mapping[str, float | str]  # the counters, or why they could not be read
         try:
             metrics = server.metrics()
         except OSError as exc:
-            metrics = {"error": str(exc)}  # type: ignore[dict-item]
-        for p in pipes:
-            p.send(("exit",))
+            metrics = {"error": str(exc)}
+        for pipe in pipes:
+            pipe.send(("exit",))
         for c in children:
             c.join(15)
     finally:

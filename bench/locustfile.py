@@ -175,10 +175,11 @@ class CentrifugoUser(User):
                                                                           "data": data}}).encode()))
 
     def on_stop(self) -> None:
-        if getattr(self, "sock", None) is not None:
+        sock = getattr(self, "sock", None)
+        if sock is not None:
             try:
-                self.sock.sendall(client_frame(b"\x03\xe8", 0x8))
-                self.sock.close()
+                sock.sendall(client_frame(b"\x03\xe8", 0x8))
+                sock.close()
             except OSError:
                 pass
             self.sock = None

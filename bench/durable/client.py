@@ -122,7 +122,8 @@ class Publisher(WsClient):
             self.inflight.append((rid, now))
         st.sent += missing
         st.outstanding += missing
-        self.transport.write(client_frame(b"\n".join(parts)))  # type: ignore[union-attr]
+        assert self.transport is not None  # noqa: S101 - only connected publishers refill
+        self.transport.write(client_frame(b"\n".join(parts)))
 
     def on_text(self, payload: bytes, now: int) -> None:
         st = self.st

@@ -101,8 +101,8 @@ async def run_gateway(pg: Postgres, nch: int, args: argparse.Namespace) -> dict[
             children.append(p)
             pipes.append(parent_end)
         await asyncio.to_thread(_collect, pipes, "started", args.timeout)
-        for p in pipes:
-            p.send(("connect",))
+        for pipe in pipes:
+            pipe.send(("connect",))
         ready = await asyncio.to_thread(_collect, pipes, "ready", args.timeout * 2 + 30)
         held = sum(r["ready"] for r in ready)
         result["connections"] = {"requested": args.connections, "held": held,
@@ -151,8 +151,8 @@ async def run_gateway(pg: Postgres, nch: int, args: argparse.Namespace) -> dict[
         acked = sum(r["ok"] for ph in phases.values() for r in ph)
         unanswered = sum(r["unanswered"] for ph in phases.values() for r in ph)
         check = await verify(mon, marker, acked, unanswered)
-        for p in pipes:
-            p.send(("exit",))
+        for pipe in pipes:
+            pipe.send(("exit",))
         for c in children:
             await asyncio.to_thread(c.join, 15)
     finally:
@@ -178,7 +178,7 @@ async def run_gateway(pg: Postgres, nch: int, args: argparse.Namespace) -> dict[
     jw = jiffies_window(t0[3], t1[3])
     pg_cpu = cpu_delta(t0[2], t1[2])
     clients_cpu = sum(r["cpu_window_s"] or 0.0 for r in meas)
-    server_cpu = sum(cpu - t0[1].get(pid, 0.0) for pid, cpu in t1[1].items())
+    gateway_cpu = sum(cpu - t0[1].get(pid, 0.0) for pid, cpu in t1[1].items())
     result.update({
         "throughput": {"publications": win_ok, "window_s": round(wall, 3),
                        "per_s": round(win_ok / wall, 1) if wall else 0.0},
@@ -195,13 +195,13 @@ async def run_gateway(pg: Postgres, nch: int, args: argparse.Namespace) -> dict[
         "cpu_window": {
             "cores": ncpu, "core_seconds_available": round(wall * ncpu, 2),
             "machine_busy_pct": round(100 * jw["busy_frac"], 1),
-            "gateway_s": round(server_cpu, 2), "postgres_s": pg_cpu,
+            "gateway_s": round(gateway_cpu, 2), "postgres_s": pg_cpu,
             "clients_s": round(clients_cpu, 2),
             "irq_s": round(jw["irq_s"], 2), "steal_s": round(jw["steal_s"], 2),
             # Clamped: irq time is partly charged to processes as well (accounting skew).
-            "other_s": round(max(0.0, jw["busy_s"] - server_cpu - pg_cpu.get("total", 0.0)
+            "other_s": round(max(0.0, jw["busy_s"] - gateway_cpu - pg_cpu.get("total", 0.0)
                                  - clients_cpu - jw["irq_s"]), 2),
-            "gateway_us_per_pub": round(server_cpu * 1e6 / win_ok, 1) if win_ok else None,
+            "gateway_us_per_pub": round(gateway_cpu * 1e6 / win_ok, 1) if win_ok else None,
             "postgres_us_per_pub": round(pg_cpu.get("total", 0.0) * 1e6 / win_ok, 1) if win_ok else None,
             "clients_us_per_pub": round(clients_cpu * 1e6 / win_ok, 1) if win_ok else None,
         },
@@ -265,7 +265,7 @@ async def run_store(pg: Postgres, nch: int, args: argparse.Namespace) -> dict[st
                     data = b'{"u":"s%d-%d","p":"%b"}' % (i, next(serial), pad)
                     sent = time.time_ns()
                     try:
-                        await store.publish(ch, data, info=info)  # type: ignore[union-attr]
+                        await store.publish(ch, data, info=info)
                     except StoreOverloaded:
                         st["errors"]["overloaded"] = st["errors"].get("overloaded", 0) + 1
                         await asyncio.sleep(0.001)
@@ -285,8 +285,8 @@ async def run_store(pg: Postgres, nch: int, args: argparse.Namespace) -> dict[st
                         if v > lat.max:
                             lat.max = v
 
-            def sample() -> tuple[int, float, dict[int, tuple[str, float]], tuple[int, int], dict[str, Any]]:
-                s = store.stats  # type: ignore[union-attr]
+            def sample() -> tuple[int, float, dict[int, tuple[str, float]], dict[str, int], dict[str, Any]]:
+                s = store.stats
                 return (time.time_ns(), cpu_self(), pg.cpu(), machine_jiffies(),
                         {"batches": s.batches, "rows": s.rows, "max_rows": s.max_rows,
                          "retries": s.retries, "commit_seconds": s.commit_seconds})

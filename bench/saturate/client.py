@@ -8,7 +8,7 @@ import gc
 import os
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -17,7 +17,8 @@ import orjson
 try:  # the bench extra's matplotlib brings numpy; without it deliveries are absorbed in Python
     import numpy as np
 except ImportError:  # pragma: no cover
-    np = None
+    # a module or None, which mypy cannot spell for a module: users test `np is None`
+    np = None  # type: ignore[assignment]
 
 from bench.common import (
     NBUCKETS,
@@ -98,10 +99,10 @@ class Stats:
             _fold(h, b, lat)
         for wk in np.unique(w).tolist():
             sel = w == wk
-            h = self.windows.get(wk)
-            if h is None:
-                h = self.windows[wk] = Histogram()
-            _fold(h, b[sel], lat[sel])
+            win = self.windows.get(wk)
+            if win is None:
+                win = self.windows[wk] = Histogram()
+            _fold(win, b[sel], lat[sel])
             last = int(now[sel].max())
             if last > self.window_last_ns.get(wk, 0):
                 self.window_last_ns[wk] = last
@@ -236,7 +237,8 @@ class SatClient(WsClient):
                 break
             if ln == 2 and data[start] == 0x7B and data[start + 1] == 0x7D:  # server ping: {}
                 st.pings += 1
-                self.transport.write(PONG)  # type: ignore[union-attr]
+                assert self.transport is not None  # noqa: S101 - set in connection_made, before any data
+                self.transport.write(PONG)
                 pos = fend
                 continue
             if not data.startswith(PUSH_HEAD, start) or data.find(b"\n", start, fend) >= 0:
@@ -405,8 +407,10 @@ async def _client_main(index: int, cfg: dict[str, Any], pipe: Pipe) -> None:
             _, want, rate = msg
             started = time.perf_counter()
             todo = want - (next_user - first_user)
-            await connect_many(todo, lambda i, base=next_user: connect_one(base + i),
-                               cfg["concurrency"], rate)
+
+            def connect_nth(i: int, base: int = next_user) -> Awaitable[None]:
+                return connect_one(base + i)
+            await connect_many(todo, connect_nth, cfg["concurrency"], rate)
             next_user += todo
             # Long-lived objects from now on: keep the collector off them.
             gc.collect()

@@ -172,8 +172,8 @@ async def publish(target: Target, sched: Schedule, channels: int, users: int, pu
     k = max(1, min(publishers, channels))
     slots = [[HttpConn(h, p, target.api_key, call_timeout, max_pending, out) for h, p in endpoints]
              for _ in range(k + (1 if sched.personal_total else 0))]
-    for slot in slots:
-        for c in slot:
+    for slot_conns in slots:
+        for c in slot_conns:
             c.task = asyncio.get_running_loop().create_task(c.run())
     pad = b"x" * payload_bytes
 

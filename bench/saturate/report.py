@@ -187,7 +187,7 @@ def report(result: dict[str, Any]) -> str:
             lines.append(f"  phase {ph['group_rate']:,.0f} pub/s: deliveries/s x{ph['deliveries_per_s']}, "
                          f"P95 x{ph['p95_ms']}")
         speeds = [run.get("speed_check_ms") for run in result["runs"].values()]
-        if all(speeds) and max(speeds) > HOST_SPEED_MISMATCH * min(speeds):  # type: ignore[type-var,operator]
+        if all(speeds) and max(speeds) > HOST_SPEED_MISMATCH * min(speeds):
             lines.append(f"WARNING: the host's speed differed between the two runs (speed checks "
                          f"{' vs '.join(f'{x} ms' for x in speeds)}): the ratios compare unlike hosts")
     lines.append("targets: " + "; ".join(f"{k}: {v['value']} -> {v['verdict']}"

@@ -115,7 +115,7 @@ class Ticker:
 
     def __init__(self, label: str, pool: ClientPool, t0: float, quiet: bool) -> None:
         self.label, self.pool, self.t0, self.quiet = label, pool, t0, quiet
-        self.series: list[dict[str, float]] = []
+        self.series: list[dict[str, float | None]] = []
         self.phase = "connect"
         self._last_recv = 0
         self._last_t = t0
@@ -169,7 +169,7 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
     try:
         await pool.collect("started", args.timeout)
         per_proc_rate = args.ramp_rate / procs
-        levels = []
+        levels: list[dict[str, Any]] = []
         for step in steps or [n]:
             want = split_evenly(step, procs)
             t_conn = time.perf_counter()
@@ -203,7 +203,7 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
         sched = Schedule(start_ns, phases, args.phase_gap)
         ticker.phase = "publish"
         cpu0 = (process_table(), machine_jiffies(), time.monotonic())
-        pub = await publish(target, sched, args.channels, n, args.publishers, args.payload_bytes,
+        pub: dict[str, Any] = await publish(target, sched, args.channels, n, args.publishers, args.payload_bytes,
                             args.timeout, args.batch, args.max_pending) if phases else {
             "calls": Histogram(), "lag": Histogram(), "errors": {}, "failed": {"g": [], "p": []}}
         out["cpu_while_publishing"] = _cpu_account(cpu0, target, pool)
@@ -221,7 +221,7 @@ async def drive(target: Target, args: argparse.Namespace, label: str,
     return out
 
 
-def _cpu_account(cpu0: tuple[dict[int, tuple[int, int]], dict[int, int], float], target: Target,
+def _cpu_account(cpu0: tuple[dict[int, tuple[int, int]], dict[str, int], float], target: Target,
                  pool: ClientPool) -> dict[str, Any]:
     """Where the machine's CPU went between ``cpu0`` and now: the server's processes, the
     client processes, this process (the publisher), and everything outside the bench (other
