@@ -60,7 +60,7 @@ class Connection:
         # The pushes of channels whose subscribe is in flight and the stream offset each
         # subscribe reply covers (see start_buffering / flush_buffered). `buffering` is set
         # only while a subscribe is in flight: fan-out checks it for None on every push.
-        # `subscribe_buffer` is the same object kept between subscribes (made on the first).
+        # `subscribe_buffer` is the same object while it holds anything (made on demand).
         self.buffering: SubscribeBuffer | None = None
         self.subscribe_buffer: SubscribeBuffer | None = None
         # The handler of the command being run while it waits for a durable commit.
@@ -249,7 +249,12 @@ class Connection:
         if buffer is None:
             return
         self.buffering = None
-        for frame in buffer.release(self.session.subs):
+        frames = buffer.release(self.session.subs)
+        if buffer.idle:
+            # Tens of thousands of idle connections each keeping an empty buffer (and its
+            # dicts' tables) cost ~0.25 KiB apiece: the next subscribe makes a new one.
+            self.subscribe_buffer = None
+        for frame in frames:
             self.write_frame(frame)
 
     # ---- output -----------------------------------------------------------------------

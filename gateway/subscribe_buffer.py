@@ -42,6 +42,11 @@ class SubscribeBuffer:
         """The subscribe reply covers ``channel``'s stream up to ``offset``."""
         self._cutoffs[channel] = offset
 
+    @property
+    def idle(self) -> bool:
+        """Nothing held and no cut-off waiting: the object can be dropped."""
+        return not self._held and not self._cutoffs
+
     def release(self, subscribed: Container[str]) -> list[bytes]:
         """End the round (after the reply was written): the held frames to write now, in
         order — those above their channel's cut-off, of the channels in ``subscribed``; the

@@ -79,3 +79,17 @@ def test_starting_again_restarts_the_held_list() -> None:
     b.start("c")
     b.hold("c", 2, b"p2")
     assert b.release({"c"}) == [b"p2"]
+
+
+def test_idle_after_release_of_everything() -> None:
+    buf = SubscribeBuffer()
+    assert buf.idle
+    buf.start("a")
+    assert not buf.idle
+    buf.hold("a", 1, b"x")
+    buf.set_cutoff("a", 0)
+    assert buf.release({"a"}) == [b"x"]
+    assert buf.idle
+    # A cut-off set after its round ended waits for the next round: not idle.
+    buf.set_cutoff("b", 3)
+    assert not buf.idle
