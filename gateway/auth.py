@@ -114,10 +114,12 @@ class TokenVerifier:
         try:
             claims = jwt.decode(token, key, algorithms=algs, audience=s.audience or None,
                                 issuer=s.issuer or None, options=options, leeway=LEEWAY_SECONDS)
-        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired("expired (exp)") from None
+        except jwt.ImmatureSignatureError:
             # Centrifugo's verifier folds "not valid yet" (nbf) into "expired" (109): the
-            # SDK fetches a new token instead of giving up.
-            raise TokenExpired() from None
+            # SDK fetches a new token instead of giving up. The log still tells them apart.
+            raise TokenExpired("not valid yet (nbf in the future)") from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
         except (TypeError, ValueError) as exc:
@@ -176,10 +178,11 @@ def _hmac_fast_path(token: str, key: bytes) -> dict[str, Any] | None:
         if name in claims and not isinstance(claims[name], str):
             return None
     now = time.time()
-    if ("exp" in claims and claims["exp"] <= now - LEEWAY_SECONDS) or (
-            "nbf" in claims and claims["nbf"] > now + LEEWAY_SECONDS):
+    if "exp" in claims and claims["exp"] <= now - LEEWAY_SECONDS:
+        raise TokenExpired("expired (exp)")
+    if "nbf" in claims and claims["nbf"] > now + LEEWAY_SECONDS:
         # Centrifugo folds "not valid yet" into "expired" (109), as _decode does.
-        raise TokenExpired()
+        raise TokenExpired("not valid yet (nbf in the future)")
     return claims
 
 

@@ -76,6 +76,14 @@ class Connection:
         self.reader = FrameReader(self._on_message, self.codec.binary,
                                   min(limits) if limits else None, ws.state is State.OPEN)
 
+    @property
+    def peer(self) -> str:
+        """The client's address as ``host:port`` (for logs); ``-`` when unknown."""
+        addr = self.transport.get_extra_info("peername")
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return f"{addr[0]}:{addr[1]}"
+        return "-"
+
     # ---- input ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:

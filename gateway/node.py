@@ -275,6 +275,20 @@ class Node:
 
     # ---- driving a session handler ----------------------------------------------------
 
+    async def _verify(self, verifier: TokenVerifier, token: str, kind: str,
+                      conn: Connection) -> dict[str, Any]:
+        """Claims of a valid token. A refused one is logged with its reason — the client
+        only hears "invalid token" / "token expired", an operator needs to know why (wrong
+        secret, expired, not yet valid, wrong audience) — never with the token itself."""
+        try:
+            if not verifier.configured:
+                raise InvalidToken("no token keys configured")
+            return await verifier.verify(token)
+        except (InvalidToken, TokenExpired) as exc:
+            log.info("%s token refused for client %s from %s: %s", kind, conn.client_id or "-",
+                     conn.peer, str(exc) or type(exc).__name__)
+            raise
+
     async def drive(self, gen: Generator[effects.Effect, Any, Any], conn: Connection,
                     effect: effects.Effect | None = None) -> Any:
         """Run a session generator to completion, performing each effect it yields;
@@ -314,13 +328,9 @@ class Node:
                 return await self.history(effect.channel, effect.limit, effect.since,
                                           effect.reverse)
             case effects.VerifyConnectionToken():
-                if not self.verifier.configured:
-                    raise InvalidToken("no token keys configured")
-                return await self.verifier.verify(effect.token)
+                return await self._verify(self.verifier, effect.token, "connection", conn)
             case effects.VerifySubscriptionToken():
-                if not self.sub_verifier.configured:
-                    raise InvalidToken("no token keys configured")
-                return await self.sub_verifier.verify(effect.token)
+                return await self._verify(self.sub_verifier, effect.token, "subscription", conn)
             case effects.Register():
                 self.connections[effect.client] = conn
                 user_conns = self.users.setdefault(effect.user, set())
