@@ -68,6 +68,9 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_body_size: int = 1024 * 1024
     # Listen backlog: connect storms need more than the default 100 (machine somaxconn 4096).
     backlog: int = 4096
+    # Origins (fnmatch patterns, e.g. "https://*.example.com") whose pages may call /v1
+    # from the browser (CORS); none by default: the web client is served from this origin.
+    cors_origins: list[str] = []
 
 
 class HttpApiSettings(msgspec.Struct, forbid_unknown_fields=True):

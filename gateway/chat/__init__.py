@@ -35,6 +35,7 @@ RPC_METHODS: tuple[str, ...] = (
     "messages.send", "messages.list", "messages.edit", "messages.delete", "messages.history",
     "threads.replies", "threads.follow", "reactions.add", "reactions.remove", "pins.add",
     "pins.remove", "pins.list", "read.mark", "unread.counts", "presence.set_status", "users.get",
+    "users.me", "channels.get", "channels.members", "users.search",
 )
 
 # The integrations' RPC methods (gateway/integrations/rpc.py), served when

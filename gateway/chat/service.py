@@ -27,6 +27,7 @@ import orjson
 from centrifugo_bridge.channels import personal_channel
 from gateway.chat import rbac, render
 from gateway.chat import schema as s
+from gateway.chat.directory import DirectoryOps
 from gateway.chat.errors import ChatError, bad_request, conflict, forbidden, not_found
 from storage.chat import ChatQueries, ChatStore, NameTaken, Row
 
@@ -78,7 +79,7 @@ def _from_unix(seconds: int | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
 
-class ChatService:
+class ChatService(DirectoryOps):
     """Operations of the chat product; ``engine`` publishes their events."""
 
     def __init__(self, engine: Engine, settings: ChatSettings) -> None:

@@ -1,0 +1,150 @@
+"""What the web client needs beyond the original operations (issue 13): the caller's own
+profile, one channel, a channel's member list, the user directory. Each is an operation of
+the shared table (binding.OPS), so it is both an RPC method and a /v1 route."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+from msgspec import Meta
+
+from gateway.chat import schema as s
+from gateway.chat.errors import bad_request
+
+if TYPE_CHECKING:
+    from gateway.chat.binding import Op
+    from gateway.chat.service import Actor, ChatService
+
+Cursor = Annotated[str, Meta(min_length=1, max_length=400)]
+
+
+class ChannelMembers(s.Params):
+    channel_id: s.ChannelId
+    cursor: Cursor | None = None
+    limit: s.PageLimit = 100
+
+
+class UsersSearch(s.Params):
+    # Matches the start of the display name or of the user id, ignoring case.
+    prefix: Annotated[str, Meta(max_length=64)] = ""
+    cursor: Cursor | None = None
+    limit: s.PageLimit = 50
+
+
+class MemberInfo(msgspec.Struct):
+    user_id: str
+    role: str
+    display_name: str
+    joined_at: float
+
+
+class MembersPage(msgspec.Struct):
+    members: list[MemberInfo]
+    # Pass as ``cursor`` for the next page; null on the last one.
+    next: str | None = None
+
+
+class UserBrief(msgspec.Struct):
+    id: str
+    display_name: str
+    title: str
+
+
+class UsersPage(msgspec.Struct):
+    users: list[UserBrief]
+    next: str | None = None
+
+
+def ops(make: type[Op]) -> tuple[Op, ...]:
+    """The operations, built with binding's ``Op`` (passed in: binding imports this module)."""
+    return (
+        make("users.me", s.NoParams, s.UserResult, "GET", "/v1/me", "The caller's own profile and status"),
+        make("channels.get", s.ChannelRef, s.ChannelResult, "GET", "/v1/channels/{channel_id}",
+           "One channel the caller can see"),
+        make("channels.members", ChannelMembers, MembersPage, "GET", "/v1/channels/{channel_id}/members",
+           "Members of a channel the caller can see, by user id, paged"),
+        make("users.search", UsersSearch, UsersPage, "GET", "/v1/users",
+           "The user directory: name or id prefix, paged by name (guests: people sharing a channel)"),
+    )
+
+
+def _pack(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\x00".join(parts).encode()).decode().rstrip("=")
+
+
+def _unpack(cursor: str, n: int) -> list[str]:
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        parts = raw.decode().split("\x00")
+    except (binascii.Error, UnicodeDecodeError):
+        raise bad_request("cursor is not one this API returned") from None
+    if len(parts) != n:
+        raise bad_request("cursor is not one this API returned")
+    return parts
+
+
+def _like_prefix(text: str) -> str:
+    """``text`` as a LIKE prefix pattern, its own wildcards taken literally."""
+    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class DirectoryOps:
+    """Mixed into ChatService (``self`` is the service)."""
+
+    async def users_me(self: ChatService, actor: Actor, p: s.NoParams) -> s.UserResult:
+        return s.UserResult(user=await self._user(actor.id, actor))
+
+    async def channels_get(self: ChatService, actor: Actor, p: s.ChannelRef) -> s.ChannelResult:
+        async with self.db.acquire() as c:
+            ch, role = await self._visible(c, actor, p.channel_id)
+            muted = bool(await c.fetchval(
+                "SELECT muted FROM chat_members WHERE channel_id = $1 AND user_id = $2", p.channel_id, actor.id))
+            members = None
+            if ch["kind"] in ("dm", "group_dm"):
+                members = [r["user_id"] for r in await c.fetch(
+                    "SELECT user_id FROM chat_members WHERE channel_id = $1 ORDER BY user_id", p.channel_id)]
+        return s.ChannelResult(self._to_channel(ch, role, muted, members))
+
+    async def channels_members(self: ChatService, actor: Actor, p: ChannelMembers) -> MembersPage:
+        after = _unpack(p.cursor, 1)[0] if p.cursor else ""
+        async with self.db.acquire() as c:
+            await self._visible(c, actor, p.channel_id)
+            rows = await c.fetch(
+                """SELECT m.user_id, m.role, m.joined_at, coalesce(u.display_name, '') AS display_name
+                   FROM chat_members m LEFT JOIN chat_users u ON u.id = m.user_id
+                   WHERE m.channel_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3""",
+                p.channel_id, after, p.limit + 1)
+        more = len(rows) > p.limit
+        rows = rows[: p.limit]
+        return MembersPage(
+            members=[MemberInfo(user_id=r["user_id"], role=r["role"], display_name=r["display_name"],
+                                joined_at=r["joined_at"].timestamp()) for r in rows],
+            next=_pack(rows[-1]["user_id"]) if more else None)
+
+    async def users_search(self: ChatService, actor: Actor, p: UsersSearch) -> UsersPage:
+        name, uid = _unpack(p.cursor, 2) if p.cursor else ("", "")
+        pattern = _like_prefix(p.prefix)
+        guest = actor.role == "guest"
+        async with self.db.acquire() as c:
+            # A guest sees only the people it shares a channel with (and itself).
+            rows = await c.fetch(
+                """SELECT u.id, u.display_name, u.title, lower(u.display_name) AS k FROM chat_users u
+                   WHERE (lower(u.display_name) LIKE $1 OR lower(u.id) LIKE $1)
+                     AND (lower(u.display_name), u.id) > ($2, $3)
+                     AND (NOT $5 OR u.id = $6 OR EXISTS (
+                         SELECT 1 FROM chat_members mine JOIN chat_members theirs
+                           ON theirs.channel_id = mine.channel_id
+                         WHERE mine.user_id = $6 AND theirs.user_id = u.id))
+                   ORDER BY lower(u.display_name), u.id LIMIT $4""",
+                pattern, name, uid, p.limit + 1, guest, actor.id)
+        more = len(rows) > p.limit
+        rows = rows[: p.limit]
+        last = rows[-1] if rows else None
+        return UsersPage(
+            users=[UserBrief(id=r["id"], display_name=r["display_name"], title=r["title"]) for r in rows],
+            next=_pack(last["k"], last["id"]) if more and last is not None else None)
+
+
