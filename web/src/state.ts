@@ -42,7 +42,7 @@ export class Store {
   private client: Centrifuge | null = null;
   private subs = new Map<string, Subscription>();
   private statusSubs = new Map<string, Subscription>();
-  private readTimer: number | undefined;
+  private readTimers = new Map<string, number>();
   private scheduled = false;
 
   subscribe(fn: Listener): () => void {
@@ -343,12 +343,14 @@ export class Store {
     this.unread.set(channelId, { ...u, unread: u.unread + 1, mentions: u.mentions + (mentioned ? 1 : 0) });
   }
 
-  /** Move my read marker to the newest message of the open channel (debounced). */
+  /** Move my read marker to the newest message of the open channel (debounced per
+   *  channel: switching channels must not cancel the previous channel's pending mark). */
   markRead(): void {
     const id = this.active;
     if (!id) return;
-    window.clearTimeout(this.readTimer);
-    this.readTimer = window.setTimeout(() => {
+    window.clearTimeout(this.readTimers.get(id));
+    this.readTimers.set(id, window.setTimeout(() => {
+      this.readTimers.delete(id);
       const view = this.views.get(id);
       const last = view?.messages.length ? view.messages[view.messages.length - 1].id : 0;
       const u = this.unread.get(id);
@@ -356,7 +358,7 @@ export class Store {
       this.unread.set(id, { channel_id: id, unread: 0, mentions: 0, last_read_id: last });
       this.changed();
       void api("POST", `/v1/channels/${id}/read`, { message_id: last }).catch(() => undefined);
-    }, 300);
+    }, 300));
   }
 
   // ---- personal channel: notifications and membership -----------------------------------
