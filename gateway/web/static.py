@@ -91,8 +91,6 @@ class StaticSite:
         """Answer a request for a path no other route took."""
         if not self.available:
             return 404, b"Not Found", "text/plain; charset=utf-8"
-        if head.method not in ("GET", "HEAD"):
-            return 405, b"Method Not Allowed", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"}
         path = head.path
         if ".." in PurePosixPath(path).parts or "\\" in path or "\x00" in path:
             return 400, b"Bad Request", "text/plain; charset=utf-8"
@@ -103,6 +101,8 @@ class StaticSite:
             # No fallback to index.html: the client routes in the fragment (#/c/<id>), so
             # an unknown path is a real 404, as everywhere else on this port.
             return 404, b"Not Found", "text/plain; charset=utf-8"
+        if head.method not in ("GET", "HEAD"):  # after the 404: a path that is not ours is not found
+            return 405, b"Method Not Allowed", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"}
         headers = dict(SECURITY_HEADERS)
         headers["Cache-Control"] = f.cache
         headers["ETag"] = f.etag

@@ -184,3 +184,31 @@ async def test_cross_site_sign_in_is_refused(chat: ChatEnv) -> None:
     status, _, _ = await post(chat, "/v1/auth/login", {"login": uid, "password": PASSWORD},
                               headers={"Origin": f"http://127.0.0.1:{chat.srv.port}"})
     assert status == 200
+
+
+async def test_cli_users_add_prints_a_working_link_and_disable_ends_sign_in(
+        chat: ChatEnv, monkeypatch: Any, tmp_path: Any, capsys: Any) -> None:
+    import asyncio
+
+    from gateway.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SENTCHAT_API_KEY", API_KEY)
+    monkeypatch.setenv("SENTCHAT_TOKEN_HMAC_SECRET", SECRET)
+    uid = f"cli{secrets.token_hex(3)}"
+    url = chat.srv.http_url
+    rc = await asyncio.to_thread(main, ["users", "add", uid, "--name", "Cli User", "--email",
+                                        f"{uid}@example.org", "--url", url])
+    assert rc == 0
+    link = capsys.readouterr().out.strip()
+    assert link.startswith(f"{url}/#/invite?token=")
+    token = link.split("token=", 1)[1]
+    status, _, _ = await post(chat, "/v1/auth/invite", {"token": token, "password": PASSWORD})
+    assert status == 200
+    assert await asyncio.to_thread(main, ["users", "disable", uid, "--url", url]) == 0
+    status, _, _ = await post(chat, "/v1/auth/login", {"login": f"{uid}@example.org", "password": PASSWORD})
+    assert status == 401
+    # A wrong key is refused by the server and said so.
+    monkeypatch.setenv("SENTCHAT_API_KEY", "wrong")
+    assert await asyncio.to_thread(main, ["users", "enable", uid, "--url", url]) == 1
+    assert "401" in capsys.readouterr().err
