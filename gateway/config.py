@@ -191,6 +191,15 @@ class ChannelSettings(ChannelNaming, forbid_unknown_fields=True):
     namespaces: list[NamespaceSettings] = []
 
 
+class WebSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # The browser client (docs/web.md) served at / by the `web` extension: the paths that
+    # neither the engine nor /v1/ answer. Off: / is a plain 404.
+    enabled: bool = True
+    # The built client (index.html + assets/); empty: $SENTCHAT_WEB_DIR, else the
+    # checkout's web/dist (what `npm run build --prefix web` writes).
+    dir: str = ""
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     http_api: HttpApiSettings = msgspec.field(default_factory=HttpApiSettings)
@@ -201,6 +210,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
     integrations: IntegrationSettings = msgspec.field(default_factory=IntegrationSettings)
+    web: WebSettings = msgspec.field(default_factory=WebSettings)
 
     @property
     def durable(self) -> bool:

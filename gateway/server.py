@@ -25,7 +25,6 @@ from gateway.connection import Connection
 from gateway.http import Answer, HttpError, RequestHead, parse_head, response
 from gateway.metrics import CONTENT_TYPE_LATEST
 from gateway.node import Node
-from gateway.web import static
 
 log = logging.getLogger(f"{LOG_ROOT}.server")
 
@@ -123,10 +122,9 @@ class GatewayProtocol(asyncio.Protocol):
 
     async def _handle(self, head: RequestHead, body: bytes) -> None:
         keep_alive = head.keep_alive
-        # The client's address for per-address limits (sign-in); ':' cannot start a real
-        # header name, so a client cannot forge it.
+        # Handlers get the socket's peer address (per-address limits), never a header's.
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        head.headers[":peer"] = str(peer[0]) if peer else "?"
+        head.peer = str(peer[0]) if peer else "?"
         try:
             answer = await self._route(head, body)
         except Exception:
@@ -180,7 +178,7 @@ class GatewayProtocol(asyncio.Protocol):
             return 200, self.node.metrics.render(), CONTENT_TYPE_LATEST
         if path == WEBSOCKET_PATH:
             return 400, b"WebSocket upgrade expected", text
-        return static.site().handle(head)  # the web client at / (404 when not built)
+        return 404, b"Not Found", text
 
     def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
               keep_alive: bool = True, head_only: bool = False,
@@ -239,7 +237,6 @@ async def serve(node: Node, host: str, port: int, *, reuse_port: bool = False,
                 backlog: int = 4096, sock: socket.socket | None = None) -> asyncio.Server:
     """Start listening; the node must already be started."""
     api = ServerApi(node)
-    static.site()  # read the web client now (and log whether it is built), not on first hit
     loop = asyncio.get_running_loop()
     if sock is not None:
         return await loop.create_server(lambda: GatewayProtocol(node, api), sock=sock,

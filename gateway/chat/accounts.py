@@ -31,8 +31,8 @@ from storage import accounts as store
 
 if TYPE_CHECKING:
     from gateway.chat.service import ChatService
+    from gateway.extension import Engine
     from gateway.http import Answer, RequestHead
-    from gateway.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ MIN_PASSWORD = 10
 ADDRESS_LIMIT, ADDRESS_WINDOW = 30, 60.0
 ACCOUNT_LIMIT, ACCOUNT_WINDOW = 5, 300.0
 ADMIN_PREFIX = "/v1/admin/accounts/"
-PEER_HEADER = ":peer"  # set by the server from the socket (a client cannot send a ':' name)
 
 
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,10 +107,11 @@ class RateLimiter:
         self.hits.setdefault(key, deque()).append(now)
 
 
-def email_index_key(node: Node) -> bytes:
+def email_index_key(engine: Engine) -> bytes:
     """Key of the e-mail lookup HMAC: derived from the token secret (kept outside the
     database, so a database copy alone cannot confirm an address)."""
-    secret = node.settings.client.token.hmac_secret_key or node.settings.http_api.key
+    settings = engine.settings
+    secret = settings.client.token.hmac_secret_key or settings.http_api.key
     return hashlib.sha256(b"sentchat email index\x00" + secret.encode()).digest()
 
 
@@ -136,11 +136,12 @@ def _cookies(head: RequestHead) -> dict[str, str]:
 
 
 class AccountsHttp:
-    """The ``/v1/auth/`` routes of one node."""
+    """The ``/v1/auth/`` routes of one gateway process (its rate limits are per process)."""
 
-    def __init__(self, node: Node, service: ChatService) -> None:
-        self.node = node
+    def __init__(self, engine: Engine, service: ChatService) -> None:
+        self.engine = engine
         self.service = service
+        self.store = store.AccountStore(service.db.pool)
         self.hasher = _hasher()
         self.by_address = RateLimiter(ADDRESS_LIMIT, ADDRESS_WINDOW)
         self.by_account = RateLimiter(ACCOUNT_LIMIT, ACCOUNT_WINDOW)
@@ -158,8 +159,7 @@ class AccountsHttp:
             return _error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
         if not self._same_origin(head):
             return _error(403, "forbidden", "cross-origin sign-in requests are refused")
-        secret = self.node.settings.client.token.hmac_secret_key
-        if not secret:
+        if not self.engine.settings.client.token.hmac_secret_key:
             return _error(503, "unavailable", "local accounts need client.token.hmac_secret_key")
         try:
             return await handler(head, body)
@@ -169,14 +169,12 @@ class AccountsHttp:
     async def handle_admin(self, head: RequestHead, body: bytes) -> Answer:
         """``POST /v1/admin/accounts/{user_id}/invite|disable|enable`` with the API key
         (what ``sentchat users add|disable|enable`` call)."""
-        from gateway.api import authorized
         from gateway.chat.schema import UserId
 
         user, _, action = head.path[len(ADMIN_PREFIX):].partition("/")
         if action not in ("invite", "disable", "enable") or not user:
             return _error(404, "not_found", f"no route {head.path}")
-        api = self.node.settings.http_api
-        if not api.key or not authorized(head.headers, {}, api.key, False):
+        if not self.engine.carries_api_key(head.headers):
             return _error(401, "unauthorized", "this operation needs the API key (X-API-Key)")
         if head.method != "POST":
             return _error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
@@ -192,24 +190,22 @@ class AccountsHttp:
             cipher = self.service.cipher
             assert cipher is not None  # noqa: S101 - set by the service's start
             email_enc = cipher.encrypt(p.email[:254], aad=f"chat_users.email:{user}") if p.email else None
-            email_idx = store.email_index(email_index_key(self.node), p.email) if p.email else None
-            async with self.service.db.acquire() as c:
-                try:
-                    token = await store.invite(c, user_id=user, display_name=p.display_name,
-                                               role="admin" if p.admin else "member", email_enc=email_enc,
-                                               email_idx=email_idx, ttl=INVITE_TTL)
-                except ValueError as exc:
-                    return _error(409, "conflict", str(exc))
-            self.service._roles.pop(user, None)
+            email_idx = store.email_index(email_index_key(self.engine), p.email) if p.email else None
+            try:
+                token = await self.store.invite(user_id=user, display_name=p.display_name,
+                                                role="admin" if p.admin else "member", email_enc=email_enc,
+                                                email_idx=email_idx, ttl=INVITE_TTL)
+            except ValueError as exc:
+                return _error(409, "conflict", str(exc))
+            self.service.forget_role(user)  # the invitation may have changed it
             return 200, msgspec.json.encode(Invitation(user, token, int(INVITE_TTL.total_seconds()))), JSON
-        async with self.service.db.acquire() as c:
-            found = await store.set_disabled(c, user, action == "disable")
+        found = await self.store.set_disabled(user, action == "disable")
         if not found:
             return _error(404, "not_found", f"no local account {user}")
         if action == "disable":
             # Live connections end now on every node; the refresh tokens are revoked, so
             # no new access token is issued (an issued one expires within ACCESS_TTL).
-            await self.node.control({"op": "disconnect", "user": user, "client": "",
+            await self.engine.control({"op": "disconnect", "user": user, "client": "",
                                      "disconnect": {"code": 3503, "reason": "account disabled"}})
         return 200, b'{"ok":true}', JSON
 
@@ -219,24 +215,24 @@ class AccountsHttp:
         origin = head.headers.get("origin")
         if origin is None:
             return True
-        from gateway.web.cors import origin_listed
+        from gateway.chat.cors import origin_listed
 
         host = head.headers.get("host", "").lower()
-        return origin.lower().split("://", 1)[-1] == host or origin_listed(origin, self.node)
+        return (origin.lower().split("://", 1)[-1] == host
+                or origin_listed(origin, self.engine.settings.http.cors_origins))
 
     # ---- the routes -------------------------------------------------------------------
 
     async def login(self, head: RequestHead, body: bytes) -> Answer:
         p = _decode(body, LoginBody)
-        address = head.headers.get(PEER_HEADER, "?")
+        address = head.peer or "?"
         account_key = p.login.strip().lower()
         wait = max(self.by_address.retry_after(address), self.by_account.retry_after(account_key))
         if wait > 0:
             return _error(429, "rate_limited", "too many sign-in attempts; try again later",
                           {"Retry-After": str(int(wait) + 1)})
-        async with self.service.db.acquire() as c:
-            email_idx = store.email_index(email_index_key(self.node), p.login) if "@" in p.login else None
-            row = await store.find_login(c, p.login.strip(), email_idx)
+        email_idx = store.email_index(email_index_key(self.engine), p.login) if "@" in p.login else None
+        row = await self.store.find_login(p.login.strip(), email_idx)
         ok = await self._verify(row.password_hash if row is not None else None, p.password)
         if row is None or not ok or row.disabled:
             self.by_address.hit(address)
@@ -253,8 +249,7 @@ class AccountsHttp:
         token = _cookies(head).get(COOKIE, "")
         if not token:
             return _error(401, "unauthorized", "not signed in", self._clear_cookie(head))
-        async with self.service.db.acquire() as c:
-            rotated = await store.rotate_refresh(c, token, REFRESH_TTL)
+        rotated = await self.store.rotate_refresh(token, REFRESH_TTL)
         if rotated is None:
             return _error(401, "unauthorized", "not signed in", self._clear_cookie(head))
         user, nxt = rotated
@@ -263,18 +258,16 @@ class AccountsHttp:
     async def logout(self, head: RequestHead, body: bytes) -> Answer:
         token = _cookies(head).get(COOKIE, "")
         if token:
-            async with self.service.db.acquire() as c:
-                await store.revoke_refresh(c, token)
+            await self.store.revoke_refresh(token)
         return 200, b'{"ok":true}', JSON, self._clear_cookie(head)
 
     async def accept_invite(self, head: RequestHead, body: bytes) -> Answer:
         p = _decode(body, InviteBody)
-        address = head.headers.get(PEER_HEADER, "?")
+        address = head.peer or "?"
         if self.by_address.retry_after(address) > 0:
             return _error(429, "rate_limited", "too many attempts; try again later")
         hashed = await asyncio.to_thread(self.hasher.hash, p.password)
-        async with self.service.db.acquire() as c:
-            user = await store.accept_invite(c, p.token, hashed)
+        user = await self.store.accept_invite(p.token, hashed)
         if user is None:
             self.by_address.hit(address)
             return _error(401, "unauthorized", "this invitation is not valid (used, expired or revoked)")
@@ -297,19 +290,17 @@ class AccountsHttp:
             return False
 
     async def _signed_in(self, head: RequestHead, user: str) -> Answer:
-        async with self.service.db.acquire() as c:
-            refresh = await store.issue_refresh(c, user, REFRESH_TTL)
+        refresh = await self.store.issue_refresh(user, REFRESH_TTL)
         return await self._answer(head, user, refresh)
 
     async def _answer(self, head: RequestHead, user: str, refresh: str) -> Answer:
-        from gateway.auth import sign_token
+        from gateway.chat.schema import NoParams
 
         actor = await self.service.actor(user)
-        profile = await self.service._user(user, actor)
+        profile = (await self.service.users_me(actor, NoParams())).user
         now = int(time.time())
-        token = sign_token(self.node.settings.client.token.hmac_secret_key,
-                           {"sub": user, "iat": now, "exp": now + ACCESS_TTL,
-                            "info": {"name": profile.display_name}})
+        token = self.engine.issue_token({"sub": user, "iat": now, "exp": now + ACCESS_TTL,
+                                         "info": {"name": profile.display_name}})
         body = msgspec.json.encode(Session(token=token, user_id=user, expires_in=ACCESS_TTL))
         return 200, body, JSON, {"Set-Cookie": self._cookie(head, refresh, int(REFRESH_TTL.total_seconds())),
                                  "Cache-Control": "no-store"}

@@ -187,7 +187,7 @@ class ChatHttp:
         self.bots: BotAuth | None = None
         from gateway.chat.accounts import AccountsHttp
 
-        self.accounts = AccountsHttp(node, service)
+        self.accounts = AccountsHttp(engine, service)
 
     async def handle(self, head: RequestHead, body: bytes) -> Answer:
         """Answer one request whose path starts with ``/v1/``."""

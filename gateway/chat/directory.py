@@ -92,31 +92,25 @@ def _like_prefix(text: str) -> str:
 
 
 class DirectoryOps:
-    """Mixed into ChatService (``self`` is the service)."""
+    """Mixed into ChatService (``self`` is the service); the SQL is storage/chat.py's."""
 
     async def users_me(self: ChatService, actor: Actor, p: s.NoParams) -> s.UserResult:
         return s.UserResult(user=await self._user(actor.id, actor))
 
     async def channels_get(self: ChatService, actor: Actor, p: s.ChannelRef) -> s.ChannelResult:
-        async with self.db.acquire() as c:
-            ch, role = await self._visible(c, actor, p.channel_id)
-            muted = bool(await c.fetchval(
-                "SELECT muted FROM chat_members WHERE channel_id = $1 AND user_id = $2", p.channel_id, actor.id))
+        async with self.db.read() as q:
+            ch, role = await self._visible(q, actor, p.channel_id)
+            muted = await q.is_muted(p.channel_id, actor.id)
             members = None
             if ch["kind"] in ("dm", "group_dm"):
-                members = [r["user_id"] for r in await c.fetch(
-                    "SELECT user_id FROM chat_members WHERE channel_id = $1 ORDER BY user_id", p.channel_id)]
+                members = (await q.members_of([p.channel_id])).get(p.channel_id, [])
         return s.ChannelResult(self._to_channel(ch, role, muted, members))
 
     async def channels_members(self: ChatService, actor: Actor, p: ChannelMembers) -> MembersPage:
         after = _unpack(p.cursor, 1)[0] if p.cursor else ""
-        async with self.db.acquire() as c:
-            await self._visible(c, actor, p.channel_id)
-            rows = await c.fetch(
-                """SELECT m.user_id, m.role, m.joined_at, coalesce(u.display_name, '') AS display_name
-                   FROM chat_members m LEFT JOIN chat_users u ON u.id = m.user_id
-                   WHERE m.channel_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3""",
-                p.channel_id, after, p.limit + 1)
+        async with self.db.read() as q:
+            await self._visible(q, actor, p.channel_id)
+            rows = await q.members_page(p.channel_id, after, p.limit + 1)
         more = len(rows) > p.limit
         rows = rows[: p.limit]
         return MembersPage(
@@ -126,25 +120,13 @@ class DirectoryOps:
 
     async def users_search(self: ChatService, actor: Actor, p: UsersSearch) -> UsersPage:
         name, uid = _unpack(p.cursor, 2) if p.cursor else ("", "")
-        pattern = _like_prefix(p.prefix)
-        guest = actor.role == "guest"
-        async with self.db.acquire() as c:
+        async with self.db.read() as q:
             # A guest sees only the people it shares a channel with (and itself).
-            rows = await c.fetch(
-                """SELECT u.id, u.display_name, u.title, lower(u.display_name) AS k FROM chat_users u
-                   WHERE (lower(u.display_name) LIKE $1 OR lower(u.id) LIKE $1)
-                     AND (lower(u.display_name), u.id) > ($2, $3)
-                     AND (NOT $5 OR u.id = $6 OR EXISTS (
-                         SELECT 1 FROM chat_members mine JOIN chat_members theirs
-                           ON theirs.channel_id = mine.channel_id
-                         WHERE mine.user_id = $6 AND theirs.user_id = u.id))
-                   ORDER BY lower(u.display_name), u.id LIMIT $4""",
-                pattern, name, uid, p.limit + 1, guest, actor.id)
+            rows = await q.search_users(_like_prefix(p.prefix), after=(name, uid), limit=p.limit + 1,
+                                        sharing_with=actor.id if actor.role == "guest" else None)
         more = len(rows) > p.limit
         rows = rows[: p.limit]
         last = rows[-1] if rows else None
         return UsersPage(
             users=[UserBrief(id=r["id"], display_name=r["display_name"], title=r["title"]) for r in rows],
             next=_pack(last["k"], last["id"]) if more and last is not None else None)
-
-

@@ -149,6 +149,10 @@ class ChatService(DirectoryOps):
         self._roles[user] = (now + ROLE_CACHE_SECONDS, stored)
         return Actor(user, stored)
 
+    def forget_role(self, user: str) -> None:
+        """Drop the cached workspace role of ``user`` (an admin changed it)."""
+        self._roles.pop(user, None)
+
     def _encrypt_email(self, user: str, email: str) -> bytes:
         assert self.cipher is not None  # noqa: S101
         return self.cipher.encrypt(email, aad=f"chat_users.email:{user}")

@@ -184,7 +184,7 @@ async def test_two_people_chat_in_real_chromium(web: Server, browser: Any) -> No
     await bob.get_by_role("button", name="Create", exact=True).click()
     await bob.locator("#pane-title", has_text=other["name"]).wait_for(timeout=T)
     await send(alice, f"@{bob_id} can you look?")
-    await bob.wait_for_function("window.__notes.length === 1", timeout=T)
+    await bob.wait_for_function("() => window.__notes.length === 1", timeout=T)
     note = (await bob.evaluate("window.__notes"))[0]
     assert "Alice Liddell mentioned you in" in note["title"] and "can you look?" in note["body"]
     assert await alice.evaluate("window.__notes.length") == 0
