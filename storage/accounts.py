@@ -103,6 +103,17 @@ class AccountStore:
                     email_idx)
         return LoginRow(row["user_id"], row["password_hash"], row["disabled"]) if row is not None else None
 
+    async def ensure_external(self, user_id: str) -> bool:
+        """The account of a user signed in by an identity provider (no password, no
+        invitation; the ``chat_users`` row must exist): made on first sign-in so that
+        refresh tokens and ``sentchat users disable`` work as for local accounts. Returns
+        whether the account is disabled."""
+        async with self.pool.acquire() as conn:
+            return bool(await conn.fetchval(
+                """INSERT INTO chat_accounts (user_id) VALUES ($1)
+                   ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
+                   RETURNING disabled""", user_id))
+
     async def issue_refresh(self, user_id: str, ttl: timedelta) -> str:
         """A new refresh token (a new family: a new sign-in)."""
         async with self.pool.acquire() as conn:

@@ -48,6 +48,7 @@ MIN_PASSWORD = 10
 ADDRESS_LIMIT, ADDRESS_WINDOW = 30, 60.0
 ACCOUNT_LIMIT, ACCOUNT_WINDOW = 5, 300.0
 ADMIN_PREFIX = "/v1/admin/accounts/"
+OIDC_PREFIX = "/v1/auth/oidc/"  # sign-in through the company's provider (oidc.py)
 
 
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -146,10 +147,17 @@ class AccountsHttp:
         self.by_address = RateLimiter(ADDRESS_LIMIT, ADDRESS_WINDOW)
         self.by_account = RateLimiter(ACCOUNT_LIMIT, ACCOUNT_WINDOW)
         self._dummy: str | None = None
+        from gateway.chat.oidc import OidcHttp
+
+        self.oidc = OidcHttp(self)
 
     async def handle(self, head: RequestHead, body: bytes) -> Answer:
         if head.path.startswith(ADMIN_PREFIX):
             return await self.handle_admin(head, body)
+        if head.path == OIDC_PREFIX.rstrip("/") or head.path.startswith(OIDC_PREFIX):
+            if head.method == "POST" and not self._same_origin(head):
+                return _error(403, "forbidden", "cross-origin sign-in requests are refused")
+            return await self.oidc.handle(head, body)
         routes = {"/v1/auth/login": self.login, "/v1/auth/refresh": self.refresh,
                   "/v1/auth/logout": self.logout, "/v1/auth/invite": self.accept_invite}
         handler = routes.get(head.path)
@@ -243,7 +251,7 @@ class AccountsHttp:
         if self.by_account.retry_after(row.user_id.lower()) > 0:
             return _error(429, "rate_limited", "too many sign-in attempts; try again later",
                           {"Retry-After": str(int(ACCOUNT_WINDOW))})
-        return await self._signed_in(head, row.user_id)
+        return await self.signed_in(head, row.user_id)
 
     async def refresh(self, head: RequestHead, body: bytes) -> Answer:
         token = _cookies(head).get(COOKIE, "")
@@ -271,7 +279,7 @@ class AccountsHttp:
         if user is None:
             self.by_address.hit(address)
             return _error(401, "unauthorized", "this invitation is not valid (used, expired or revoked)")
-        return await self._signed_in(head, user)
+        return await self.signed_in(head, user)
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -289,7 +297,7 @@ class AccountsHttp:
         except (VerificationError, InvalidHashError):
             return False
 
-    async def _signed_in(self, head: RequestHead, user: str) -> Answer:
+    async def signed_in(self, head: RequestHead, user: str) -> Answer:
         refresh = await self.store.issue_refresh(user, REFRESH_TTL)
         return await self._answer(head, user, refresh)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from gateway.web import static
 from tests.conftest import Server, create_database, drop_database, start_server, stop_server
 from tests.gateway.chat.conftest import chat_settings
+from tests.oidc_provider import Provider
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
@@ -61,16 +62,31 @@ def chromium_path() -> str:
     return _chromium()
 
 
+OIDC_CLIENT, OIDC_SECRET = "sentchat-web", "browser-test-client-secret"
+
+
 @pytest.fixture(scope="session")
-async def web(pg_dsn: str, chromium_path: str) -> AsyncIterator[Server]:
-    """A chat gateway serving the built client."""
+def idp() -> Iterator[Provider]:
+    """A real OpenID Connect provider (tests/oidc_provider.py) the gateway trusts."""
+    provider = Provider().start()
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="session")
+async def web(pg_dsn: str, chromium_path: str, idp: Provider) -> AsyncIterator[Server]:
+    """A chat gateway serving the built client, with local accounts and OIDC sign-in."""
     _build_client()
     if not AXE.is_file():
         pytest.skip("axe-core missing: run `npm ci --prefix tests/js`")
     static.reload()
     assert static.site().available
     dsn = await create_database(pg_dsn, "web")
-    srv = await start_server(chat_settings(dsn))
+    srv = await start_server(chat_settings(dsn, auth__oidc__issuer=idp.issuer, auth__oidc__client_id=OIDC_CLIENT,
+                                           auth__oidc__client_secret=OIDC_SECRET))
+    idp.add_client(OIDC_CLIENT, OIDC_SECRET, [f"{srv.http_url}/"])
     try:
         yield srv
     finally:

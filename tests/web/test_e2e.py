@@ -113,10 +113,10 @@ async def test_two_people_chat_in_real_chromium(web: Server, browser: Any) -> No
     await bob.screenshot(path=str(SHOTS / "sign-in.png"))
     await bob.get_by_label("User name or e-mail").fill(bob_id)
     await bob.get_by_label("Password").fill("wrong password")
-    await bob.get_by_role("button", name="Sign in").click()
+    await bob.get_by_role("button", name="Sign in", exact=True).click()
     await bob.get_by_role("alert").filter(has_text="wrong user name or password").wait_for(timeout=T)
     await bob.get_by_label("Password").fill(PASSWORD)
-    await bob.get_by_role("button", name="Sign in").click()
+    await bob.get_by_role("button", name="Sign in", exact=True).click()
     await bob.locator("nav.sidebar").wait_for(timeout=T)
 
     # ---- a channel, an invitation -------------------------------------------------------
@@ -271,3 +271,32 @@ async def channel_id(page: Any) -> str:
     """The id of the channel open on ``page`` (from the URL fragment)."""
     url = page.url
     return url.split("#/c/", 1)[1]
+
+
+async def test_sign_in_through_the_identity_provider(web: Server, browser: Any, idp: Any) -> None:
+    """OIDC in the real browser: the button, the provider's own sign-in page, back to the
+    client signed in as the provider's ``sub``, the code gone from the address bar."""
+    sub = f"dana{secrets.token_hex(3)}"
+    idp.add_user(sub, "dana-at-the-provider", "Dana Scully", f"{sub}@example.com")
+    page = await new_page(browser, web)
+    await page.goto(web.http_url + "/")
+    await page.get_by_role("button", name="Sign in with SSO").click()
+    await page.wait_for_url(f"{idp.issuer}/authorize**", timeout=T)
+    await page.locator("#username").fill(sub)
+    await page.locator("#password").fill("dana-at-the-provider")
+    await page.get_by_role("button", name="Sign in at the provider").click()
+    await page.wait_for_url(f"{web.http_url}/", timeout=T)  # back, the code and state removed
+    await page.locator("nav.sidebar").wait_for(timeout=T)
+    me = await page.evaluate("""async () => {
+        const s = await fetch('/v1/auth/refresh', {method: 'POST'}).then((r) => r.json());
+        return fetch('/v1/me', {headers: {Authorization: 'Bearer ' + s.token}}).then((r) => r.json());
+    }""")
+    assert me["user"]["id"] == sub and me["user"]["display_name"] == "Dana Scully"
+    assert "code=" not in page.url
+    await page.screenshot(path=str(SHOTS / "oidc-signed-in.png"))
+    # A provider answer replayed into another tab of no sign-in is refused with a message.
+    await page.goto(web.http_url + "/?code=replayed&state=forged")
+    await page.get_by_role("alert").wait_for(timeout=T)
+    assert "not started in this tab" in await page.get_by_role("alert").inner_text()
+    assert page.csp_errors == []
+    await page.context.close()

@@ -54,6 +54,71 @@ export async function acceptInvite(token: string, password: string): Promise<Ses
   return session;
 }
 
+// ---- OIDC: authorization code flow with PKCE (server: gateway/chat/oidc.py) ----------
+
+const VERIFIER_KEY = "sentchat.oidc.verifier";
+const STATE_KEY = "sentchat.oidc.state";
+
+function base64url(bytes: Uint8Array): string {
+  let text = "";
+  for (const b of bytes) text += String.fromCharCode(b);
+  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** Whether the server has an identity provider configured, and its button's label. */
+export async function oidcInfo(): Promise<{ enabled: boolean; label: string }> {
+  try {
+    return (await parse(await fetch("/v1/auth/oidc", { credentials: "same-origin" }))) as { enabled: boolean; label: string };
+  } catch {
+    return { enabled: false, label: "" };
+  }
+}
+
+/** Go to the provider. The PKCE verifier is made here and stays in this tab
+ *  (sessionStorage) until the code comes back; the server only sees its S256 hash now. */
+export async function oidcBegin(): Promise<void> {
+  const verifier = base64url(crypto.getRandomValues(new Uint8Array(48)));
+  const challenge = base64url(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier))));
+  const resp = await fetch("/v1/auth/oidc/begin", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ code_challenge: challenge }),
+  });
+  const { authorization_url } = (await parse(resp)) as { authorization_url: string };
+  sessionStorage.setItem(VERIFIER_KEY, verifier);
+  sessionStorage.setItem(STATE_KEY, new URL(authorization_url).searchParams.get("state") ?? "");
+  location.assign(authorization_url);
+}
+
+/** The provider's redirect back (``/?code=..&state=..``), if this load is one. */
+export function oidcReturn(): { code: string; state: string } | { error: string } | null {
+  const q = new URLSearchParams(location.search);
+  if (q.get("error")) return { error: q.get("error_description") || q.get("error") || "sign-in failed" };
+  const code = q.get("code");
+  const state = q.get("state");
+  return code && state ? { code, state } : null;
+}
+
+/** Finish the provider's sign-in: the state must be this tab's (the server checks it
+ *  again against its cookie), then the server exchanges the code with our verifier. */
+export async function oidcFinish(code: string, state: string): Promise<Session> {
+  const verifier = sessionStorage.getItem(VERIFIER_KEY);
+  const expected = sessionStorage.getItem(STATE_KEY);
+  sessionStorage.removeItem(VERIFIER_KEY);
+  sessionStorage.removeItem(STATE_KEY);
+  history.replaceState(null, "", "/"); // the code is single-use: never leave it in the address bar
+  if (!verifier || state !== expected) throw new ApiError(400, "bad_state", "This sign-in was not started in this tab; start again.");
+  const resp = await fetch("/v1/auth/oidc/callback", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ code, state, code_verifier: verifier }),
+  });
+  session = (await parse(resp)) as Session;
+  return session;
+}
+
 /** A new access token from the refresh cookie (rotated by the server on each use);
  *  null when there is no valid cookie (signed out, disabled, revoked). */
 export function refresh(): Promise<Session | null> {

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { refresh } from "../api";
+import { ApiError, oidcFinish, oidcReturn, refresh } from "../api";
 import { useStore } from "../hooks";
 import { Login } from "./Login";
 import { Sidebar } from "./Sidebar";
@@ -13,6 +13,7 @@ export function App() {
   const store = useStore();
   const [phase, setPhase] = useState<Phase>("checking");
   const [navOpen, setNavOpen] = useState(false);
+  const [ssoError, setSsoError] = useState<string | null>(null);
   const invite = new URLSearchParams(location.hash.replace(/^#\/invite\?/, "")).get("token");
 
   const begin = async () => {
@@ -30,13 +31,24 @@ export function App() {
       setPhase("signed-out");
       return;
     }
+    const back = oidcReturn();
+    if (back) {
+      // Back from the identity provider: finish its sign-in (or show why it failed).
+      const done = "code" in back ? oidcFinish(back.code, back.state) : Promise.reject(new ApiError(401, "oidc", back.error));
+      void done.then(() => begin(), (e) => {
+        history.replaceState(null, "", "/");
+        setSsoError(e instanceof ApiError ? e.message : "Cannot reach the server.");
+        setPhase("signed-out");
+      });
+      return;
+    }
     // A refresh cookie from an earlier visit signs in without asking.
     void refresh().then((s) => (s ? begin() : setPhase("signed-out")), () => setPhase("signed-out"));
   }, []);
 
   if (phase === "checking") return <main class="center" aria-busy="true"><p>Loading…</p></main>;
   if (phase === "signed-out") {
-    return <Login invite={location.hash.startsWith("#/invite") ? invite : null} onSignedIn={() => {
+    return <Login invite={location.hash.startsWith("#/invite") ? invite : null} initialError={ssoError} onSignedIn={() => {
       history.replaceState(null, "", "#");
       setPhase("checking");
       void begin();

@@ -1,12 +1,28 @@
-import { useState } from "preact/hooks";
-import { acceptInvite, ApiError, login } from "../api";
+import { useEffect, useState } from "preact/hooks";
+import { acceptInvite, ApiError, login, oidcBegin, oidcInfo } from "../api";
 
-export function Login({ invite, onSignedIn }: { invite: string | null; onSignedIn: () => void }) {
+export function Login({ invite, initialError, onSignedIn }: { invite: string | null; initialError?: string | null; onSignedIn: () => void }) {
   const [name, setName] = useState("");
   const [password, setPassword] = useState("");
   const [repeat, setRepeat] = useState("");
-  const [error, setError] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(initialError ?? null);
   const [busy, setBusy] = useState(false);
+  const [sso, setSso] = useState<string | null>(null); // the provider button's label, when configured
+
+  useEffect(() => {
+    if (!invite) void oidcInfo().then((i) => setSso(i.enabled ? i.label : null));
+  }, [invite]);
+
+  const single = async () => {
+    setError(null);
+    setBusy(true);
+    try {
+      await oidcBegin(); // leaves the page for the provider
+    } catch (err) {
+      setError(err instanceof ApiError ? err.message : "Cannot reach the server.");
+      setBusy(false);
+    }
+  };
 
   const submit = async (e: Event) => {
     e.preventDefault();
@@ -53,6 +69,7 @@ export function Login({ invite, onSignedIn }: { invite: string | null; onSignedI
         )}
         {error && <p class="error" role="alert">{error}</p>}
         <button type="submit" disabled={busy}>{invite ? "Set password and sign in" : "Sign in"}</button>
+        {sso && <button type="button" class="secondary sso" disabled={busy} onClick={() => void single()}>{sso}</button>}
       </form>
     </main>
   );
