@@ -74,7 +74,7 @@ class AccountStore:
         """Set the password of the account the unexpired, unused invitation names (and use the
         invitation up); returns the user id, or None."""
         async with self.pool.acquire() as conn, conn.transaction():
-            user = await conn.fetchval(
+            user: str | None = await conn.fetchval(
                 """UPDATE chat_accounts SET password_hash = $2, password_set_at = now(),
                        invite_hash = NULL, invite_expires = NULL
                    WHERE invite_hash = $1 AND invite_expires > now() AND NOT disabled

@@ -41,7 +41,7 @@ def apply(head: RequestHead, answer: Answer, origins: Sequence[str]) -> Answer:
     origin = head.headers.get("origin")
     if origin is None or not origins or not origin_listed(origin, origins):
         return answer
-    extra = dict(answer[3]) if len(answer) == 4 else {}  # type: ignore[misc]  # Answer is a 3- or 4-tuple
+    extra = dict(answer[3]) if len(answer) == 4 else {}
     extra.update({"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
                   "Vary": "Origin"})
     return answer[0], answer[1], answer[2], extra

@@ -91,42 +91,45 @@ def _like_prefix(text: str) -> str:
     return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-class DirectoryOps:
-    """Mixed into ChatService (``self`` is the service); the SQL is storage/chat.py's."""
+# The operations, called by ChatService's methods of the same names (the SQL is
+# storage/chat.py's).
 
-    async def users_me(self: ChatService, actor: Actor, p: s.NoParams) -> s.UserResult:
-        return s.UserResult(user=await self._user(actor.id, actor))
+async def users_me(service: ChatService, actor: Actor, p: s.NoParams) -> s.UserResult:
+    return s.UserResult(user=await service._user(actor.id, actor))
 
-    async def channels_get(self: ChatService, actor: Actor, p: s.ChannelRef) -> s.ChannelResult:
-        async with self.db.read() as q:
-            ch, role = await self._visible(q, actor, p.channel_id)
-            muted = await q.is_muted(p.channel_id, actor.id)
-            members = None
-            if ch["kind"] in ("dm", "group_dm"):
-                members = (await q.members_of([p.channel_id])).get(p.channel_id, [])
-        return s.ChannelResult(self._to_channel(ch, role, muted, members))
 
-    async def channels_members(self: ChatService, actor: Actor, p: ChannelMembers) -> MembersPage:
-        after = _unpack(p.cursor, 1)[0] if p.cursor else ""
-        async with self.db.read() as q:
-            await self._visible(q, actor, p.channel_id)
-            rows = await q.members_page(p.channel_id, after, p.limit + 1)
-        more = len(rows) > p.limit
-        rows = rows[: p.limit]
-        return MembersPage(
-            members=[MemberInfo(user_id=r["user_id"], role=r["role"], display_name=r["display_name"],
-                                joined_at=r["joined_at"].timestamp()) for r in rows],
-            next=_pack(rows[-1]["user_id"]) if more else None)
+async def channels_get(service: ChatService, actor: Actor, p: s.ChannelRef) -> s.ChannelResult:
+    async with service.db.read() as q:
+        ch, role = await service._visible(q, actor, p.channel_id)
+        muted = await q.is_muted(p.channel_id, actor.id)
+        members = None
+        if ch["kind"] in ("dm", "group_dm"):
+            members = (await q.members_of([p.channel_id])).get(p.channel_id, [])
+    return s.ChannelResult(service._to_channel(ch, role, muted, members))
 
-    async def users_search(self: ChatService, actor: Actor, p: UsersSearch) -> UsersPage:
-        name, uid = _unpack(p.cursor, 2) if p.cursor else ("", "")
-        async with self.db.read() as q:
-            # A guest sees only the people it shares a channel with (and itself).
-            rows = await q.search_users(_like_prefix(p.prefix), after=(name, uid), limit=p.limit + 1,
-                                        sharing_with=actor.id if actor.role == "guest" else None)
-        more = len(rows) > p.limit
-        rows = rows[: p.limit]
-        last = rows[-1] if rows else None
-        return UsersPage(
-            users=[UserBrief(id=r["id"], display_name=r["display_name"], title=r["title"]) for r in rows],
-            next=_pack(last["k"], last["id"]) if more and last is not None else None)
+
+async def channels_members(service: ChatService, actor: Actor, p: ChannelMembers) -> MembersPage:
+    after = _unpack(p.cursor, 1)[0] if p.cursor else ""
+    async with service.db.read() as q:
+        await service._visible(q, actor, p.channel_id)
+        rows = await q.members_page(p.channel_id, after, p.limit + 1)
+    more = len(rows) > p.limit
+    rows = rows[: p.limit]
+    return MembersPage(
+        members=[MemberInfo(user_id=r["user_id"], role=r["role"], display_name=r["display_name"],
+                            joined_at=r["joined_at"].timestamp()) for r in rows],
+        next=_pack(rows[-1]["user_id"]) if more else None)
+
+
+async def users_search(service: ChatService, actor: Actor, p: UsersSearch) -> UsersPage:
+    name, uid = _unpack(p.cursor, 2) if p.cursor else ("", "")
+    async with service.db.read() as q:
+        # A guest sees only the people it shares a channel with (and itself).
+        rows = await q.search_users(_like_prefix(p.prefix), after=(name, uid), limit=p.limit + 1,
+                                    sharing_with=actor.id if actor.role == "guest" else None)
+    more = len(rows) > p.limit
+    rows = rows[: p.limit]
+    last = rows[-1] if rows else None
+    return UsersPage(
+        users=[UserBrief(id=r["id"], display_name=r["display_name"], title=r["title"]) for r in rows],
+        next=_pack(last["k"], last["id"]) if more and last is not None else None)

@@ -25,9 +25,8 @@ import msgspec
 import orjson
 
 from centrifugo_bridge.channels import personal_channel
-from gateway.chat import rbac, render
+from gateway.chat import directory, rbac, render
 from gateway.chat import schema as s
-from gateway.chat.directory import DirectoryOps
 from gateway.chat.errors import ChatError, bad_request, conflict, forbidden, not_found
 from storage.chat import ChatQueries, ChatStore, NameTaken, Row
 
@@ -79,7 +78,7 @@ def _from_unix(seconds: int | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
 
-class ChatService(DirectoryOps):
+class ChatService:
     """Operations of the chat product; ``engine`` publishes their events."""
 
     def __init__(self, engine: Engine, settings: ChatSettings) -> None:
@@ -148,6 +147,20 @@ class ChatService(DirectoryOps):
                                        email_enc=email_enc, role=role)
         self._roles[user] = (now + ROLE_CACHE_SECONDS, stored)
         return Actor(user, stored)
+
+    # ---- the web client's directory operations (directory.py) ---------------------------
+
+    async def users_me(self, actor: Actor, p: s.NoParams) -> s.UserResult:
+        return await directory.users_me(self, actor, p)
+
+    async def channels_get(self, actor: Actor, p: s.ChannelRef) -> s.ChannelResult:
+        return await directory.channels_get(self, actor, p)
+
+    async def channels_members(self, actor: Actor, p: directory.ChannelMembers) -> directory.MembersPage:
+        return await directory.channels_members(self, actor, p)
+
+    async def users_search(self, actor: Actor, p: directory.UsersSearch) -> directory.UsersPage:
+        return await directory.users_search(self, actor, p)
 
     def forget_role(self, user: str) -> None:
         """Drop the cached workspace role of ``user`` (an admin changed it)."""
