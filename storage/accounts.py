@@ -1,4 +1,4 @@
-"""Local accounts: invitations, password hashes, refresh tokens (migration 0004).
+"""Local accounts: invitations, password hashes, refresh tokens (migration 0005_accounts.sql).
 
 Secrets are never stored as given: invitation and refresh tokens as SHA-256 (they are
 random 256-bit values, so a plain hash is enough), passwords as argon2id hashes made by
