@@ -368,6 +368,10 @@ def build_parser(plugins: Mapping[str, PluginCommand] | None = None) -> argparse
     token.add_argument("--info", help="JSON attached as the info claim")
     token.set_defaults(func=cmd_token)
 
+    from gateway.accounts_cli import add_parser as add_users_parser
+
+    add_users_parser(sub, common)  # sentchat users add|disable|enable
+
     for name, command in sorted((plugins or {}).items()):
         # A plug-in parses its own options (`sentchat bench saturate --help`).
         # Listed for `sentchat --help`; main() hands the command line to the plug-in itself.

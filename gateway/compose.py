@@ -23,6 +23,10 @@ def enabled_extensions(settings: Settings) -> list[Extension]:
     from gateway.chat import ChatExtension, ChatNotEnabled
 
     extensions: list[Extension] = [ChatExtension() if settings.chat.enabled else ChatNotEnabled()]
+    if settings.web.enabled:
+        from gateway.web import WebClient
+
+        extensions.append(WebClient())
     return extensions
 
 

@@ -68,6 +68,9 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_body_size: int = 1024 * 1024
     # Listen backlog: connect storms need more than the default 100 (machine somaxconn 4096).
     backlog: int = 4096
+    # Origins (fnmatch patterns, e.g. "https://*.example.com") whose pages may call /v1
+    # from the browser (CORS); none by default: the web client is served from this origin.
+    cors_origins: list[str] = []
 
 
 class HttpApiSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -188,6 +191,29 @@ class ChannelSettings(ChannelNaming, forbid_unknown_fields=True):
     namespaces: list[NamespaceSettings] = []
 
 
+class WebSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # The browser client (docs/web.md) served at / by the `web` extension: the paths that
+    # neither the engine nor /v1/ answer. Off: / is a plain 404.
+    enabled: bool = True
+    # The built client (index.html + assets/); empty: $SENTCHAT_WEB_DIR, else the
+    # checkout's web/dist (what `npm run build --prefix web` writes).
+    dir: str = ""
+
+
+class OidcSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Sign-in through the company's OpenID Connect provider (docs/web.md): authorization
+    # code flow + PKCE. Off while `issuer` is empty.
+    issuer: str = ""                 # exactly the provider's "issuer" (its discovery document's)
+    client_id: str = ""              # this gateway's client at the provider (the ID token's aud)
+    client_secret: str = ""          # confidential clients only; empty = public client (PKCE alone)
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "profile", "email"])
+    label: str = "Sign in with SSO"  # the sign-in button's text
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
+    oidc: OidcSettings = msgspec.field(default_factory=OidcSettings)
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     http_api: HttpApiSettings = msgspec.field(default_factory=HttpApiSettings)
@@ -198,6 +224,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     chat: ChatSettings = msgspec.field(default_factory=ChatSettings)
     integrations: IntegrationSettings = msgspec.field(default_factory=IntegrationSettings)
+    web: WebSettings = msgspec.field(default_factory=WebSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
     @property
     def durable(self) -> bool:
@@ -334,7 +362,27 @@ def build_settings(data: dict[str, Any]) -> Settings:
         raise ConfigError("config key client.write_delay: must be between 0 and 1s")
     _check_chat_keys(settings.chat)
     _check_chat(settings)
+    _check_oidc(settings.auth.oidc)
     return settings
+
+
+def _check_oidc(oidc: OidcSettings) -> None:
+    """An issuer must be a URL the provider is reachable and trusted at: https, except on
+    the loopback (a provider on this machine, as the tests start one)."""
+    if not oidc.issuer:
+        return
+    from urllib.parse import urlsplit
+
+    url = urlsplit(oidc.issuer)
+    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+    if url.scheme != "https" and not (url.scheme == "http" and loopback) or not url.hostname:
+        raise ConfigError("config key auth.oidc.issuer: must be an https:// URL (http:// only on the loopback)")
+    if url.query or url.fragment:
+        raise ConfigError("config key auth.oidc.issuer: must not carry a query or fragment")
+    if not oidc.client_id:
+        raise ConfigError("config key auth.oidc.client_id: required with auth.oidc.issuer")
+    if "openid" not in oidc.scopes:
+        raise ConfigError('config key auth.oidc.scopes: must include "openid"')
 
 
 def _check_chat(settings: Settings) -> None:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from gateway.node import Node
 
 __all__ = [
-    "RESERVED_PREFIXES", "AccessCheck", "CommitListener", "Engine", "Extension", "HttpHandler",
+    "FALLBACK_PREFIX", "RESERVED_PREFIXES", "AccessCheck", "CommitListener", "Engine", "Extension", "HttpHandler",
     "OnlineListener", "Registration", "RpcHandler",
 ]
 
@@ -54,6 +54,12 @@ committed it (so once per publication across a cluster). Same rules as OnlineLis
 RESERVED_PREFIXES: tuple[str, ...] = ("/api/", "/connection/", "/health", "/metrics")
 """Paths the engine answers itself; an extension cannot claim a prefix overlapping them."""
 
+FALLBACK_PREFIX = "/"
+"""The one prefix allowed to overlap the others: it answers only the paths that neither the
+engine nor another prefix takes (a web client served at ``/``). Every other prefix owns its
+whole subtree, so without this exception a site at ``/`` could not coexist with ``/v1/``;
+at most one extension holds it, and it never receives a path under ``RESERVED_PREFIXES``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Registration:
@@ -61,7 +67,8 @@ class Registration:
 
     rpc_methods: Mapping[str, RpcHandler] = field(default_factory=dict)
     http_prefixes: Mapping[str, HttpHandler] = field(default_factory=dict)
-    """Path prefix (``/v1/``) -> handler; the longest registered prefix of a path wins."""
+    """Path prefix (``/v1/``) -> handler; the longest registered prefix of a path wins
+    (``FALLBACK_PREFIX`` takes what nothing else does)."""
     access_checks: Mapping[str, AccessCheck] = field(default_factory=dict)
     """Provider name (a namespace's ``acl`` option) -> check."""
     on_user_online: OnlineListener | None = None
@@ -154,6 +161,18 @@ class Engine:
         if not key or "x-api-key" not in headers and not headers.get("authorization", "").startswith("apikey "):
             return False
         return authorized(headers, {}, key, False)
+
+    def issue_token(self, claims: Mapping[str, Any]) -> str:
+        """A connection JWT carrying ``claims`` (``sub``, ``exp``...), signed with the
+        node's HMAC key so that ``verify_token`` and every connect accept it: a product
+        that signs users in (local accounts, OIDC) hands out the engine's own credential.
+        Raises ``LookupError`` when no ``client.token.hmac_secret_key`` is configured."""
+        from gateway.auth import sign_token
+
+        secret = self._node.settings.client.token.hmac_secret_key
+        if not secret:
+            raise LookupError("client.token.hmac_secret_key is not set")
+        return sign_token(secret, dict(claims))
 
     async def verify_token(self, token: str) -> dict[str, Any]:
         """The claims of a connection JWT, checked with the node's keys; raises

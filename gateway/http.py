@@ -28,6 +28,9 @@ class RequestHead(msgspec.Struct):
     headers: dict[str, str]
     raw: bytes
     content_length: int
+    # The client's address as the server's socket saw it (set by the server, never from a
+    # header, so it cannot be forged by the client): per-address limits key on it.
+    peer: str = ""
 
     @property
     def keep_alive(self) -> bool:

@@ -28,6 +28,7 @@ from gateway.config import Settings
 from gateway.connection import Connection
 from gateway.durable import DurableStreams
 from gateway.extension import (
+    FALLBACK_PREFIX,
     RESERVED_PREFIXES,
     AccessCheck,
     CommitListener,
@@ -152,7 +153,11 @@ class Node:
         for prefix in reg.http_prefixes:
             if not prefix.startswith("/"):
                 raise ValueError(f"extension {name!r}: HTTP prefix {prefix!r} must start with '/'")
-            clash = [p for p in (*RESERVED_PREFIXES, *ours) if p.startswith(prefix) or prefix.startswith(p)]
+            if prefix == FALLBACK_PREFIX:  # overlaps everything by design; one holder only
+                clash = [p for p in ours if p == FALLBACK_PREFIX]
+            else:
+                clash = [p for p in (*RESERVED_PREFIXES, *ours)
+                         if p != FALLBACK_PREFIX and (p.startswith(prefix) or prefix.startswith(p))]
             if clash:
                 raise ValueError(f"extension {name!r}: HTTP prefix {prefix!r} overlaps {clash[0]!r}")
         self.extensions[name] = extension
@@ -169,6 +174,8 @@ class Node:
         """The handler of the longest registered prefix of ``path``, if any."""
         for prefix, handler in self.http_prefixes:
             if path.startswith(prefix):
+                if prefix == FALLBACK_PREFIX and path.startswith(RESERVED_PREFIXES):
+                    return None  # the engine's own paths are never the fallback's
                 return handler
         return None
 

@@ -122,6 +122,9 @@ class GatewayProtocol(asyncio.Protocol):
 
     async def _handle(self, head: RequestHead, body: bytes) -> None:
         keep_alive = head.keep_alive
+        # Handlers get the socket's peer address (per-address limits), never a header's.
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        head.peer = str(peer[0]) if peer else "?"
         try:
             answer = await self._route(head, body)
         except Exception:

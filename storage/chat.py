@@ -200,6 +200,35 @@ class ChatQueries:
                WHERE channel_id = ANY($1::text[]) GROUP BY channel_id""", list(channel_ids))
         return {r["channel_id"]: list(r["users"]) for r in rows}
 
+    async def is_muted(self, channel_id: str, user: str) -> bool:
+        """Whether ``user`` muted the channel (False when not a member)."""
+        return bool(await self.c.fetchval(
+            "SELECT muted FROM chat_members WHERE channel_id = $1 AND user_id = $2", channel_id, user))
+
+    async def members_page(self, channel_id: str, after: str, limit: int) -> list[Row]:
+        """Members by user id after ``after``: user_id, role, joined_at, display_name."""
+        return list(await self.c.fetch(
+            """SELECT m.user_id, m.role, m.joined_at, coalesce(u.display_name, '') AS display_name
+               FROM chat_members m LEFT JOIN chat_users u ON u.id = m.user_id
+               WHERE m.channel_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3""",
+            channel_id, after, limit))
+
+    async def search_users(self, pattern: str, *, after: tuple[str, str], limit: int,
+                           sharing_with: str | None) -> list[Row]:
+        """Users whose lower-cased name or id matches the LIKE ``pattern``, ordered by
+        (lower name, id) after ``after``: id, display_name, title, k (the lower name).
+        With ``sharing_with``: only that user and those sharing a channel with it."""
+        return list(await self.c.fetch(
+            """SELECT u.id, u.display_name, u.title, lower(u.display_name) AS k FROM chat_users u
+               WHERE (lower(u.display_name) LIKE $1 OR lower(u.id) LIKE $1)
+                 AND (lower(u.display_name), u.id) > ($2, $3)
+                 AND ($5::text IS NULL OR u.id = $5 OR EXISTS (
+                     SELECT 1 FROM chat_members mine JOIN chat_members theirs
+                       ON theirs.channel_id = mine.channel_id
+                     WHERE mine.user_id = $5 AND theirs.user_id = u.id))
+               ORDER BY lower(u.display_name), u.id LIMIT $4""",
+            pattern, after[0], after[1], limit, sharing_with))
+
     async def create_channel(self, channel_id: str, *, kind: str, name: str, topic: str,
                              created_by: str) -> Row:
         """A new public or private channel (chat_channels); NameTaken when the name is."""

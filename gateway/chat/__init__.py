@@ -35,6 +35,7 @@ RPC_METHODS: tuple[str, ...] = (
     "messages.send", "messages.list", "messages.edit", "messages.delete", "messages.history",
     "threads.replies", "threads.follow", "reactions.add", "reactions.remove", "pins.add",
     "pins.remove", "pins.list", "read.mark", "unread.counts", "presence.set_status", "users.get",
+    "users.me", "channels.get", "channels.members", "users.search",
 )
 
 # The integrations' RPC methods (gateway/integrations/rpc.py), served when
@@ -157,10 +158,16 @@ class ChatExtension:
         return call
 
     async def _http(self, head: RequestHead, body: bytes) -> Answer:
+        from gateway.chat import cors
+
+        # CORS here, where /v1/ is answered: a preflight needs no service (nor a database).
+        origins = self.engine.settings.http.cors_origins
+        if head.method == "OPTIONS":
+            return cors.preflight(head, origins)
         loaded = self._loaded or await self.load()
         if loaded.integrations_http is not None and loaded.integrations_http.owns(head.path):
-            return await loaded.integrations_http.handle_v1(head, body)
-        return await loaded.http.handle(head, body)
+            return cors.apply(head, await loaded.integrations_http.handle_v1(head, body), origins)
+        return cors.apply(head, await loaded.http.handle(head, body), origins)
 
     async def _hooks_http(self, head: RequestHead, body: bytes) -> Answer:
         loaded = self._loaded or await self.load()

@@ -17,6 +17,7 @@ import msgspec
 import orjson
 
 from centrifugo_bridge.codes import ClientError
+from gateway.chat import directory
 from gateway.chat import schema as s
 from gateway.chat.errors import ChatError, bad_request, unauthorized
 from gateway.chat.service import Actor, ChatService
@@ -105,6 +106,7 @@ OPS: tuple[Op, ...] = (
     Op("users.get", s.UserRef, s.UserResult, "GET", "/v1/users/{user_id}", "A user's profile and status"),
     Op("admin.users.upsert", s.AdminUserUpsert, s.UserResult, "PUT", "/v1/admin/users/{user_id}",
        "Create or update a user's org-chart fields and workspace role (API key)", rpc=False, admin=True),
+    *directory.ops(Op),  # me, one channel, members, user directory (the web client's needs)
 )
 
 # Operations another application may call with the API key on a user's behalf.
@@ -183,9 +185,14 @@ class ChatHttp:
         self._openapi: bytes | None = None
         # Set when the integrations load: resolves and limits apps' bot tokens.
         self.bots: BotAuth | None = None
+        from gateway.chat.accounts import AccountsHttp
+
+        self.accounts = AccountsHttp(engine, service)
 
     async def handle(self, head: RequestHead, body: bytes) -> Answer:
         """Answer one request whose path starts with ``/v1/``."""
+        if head.path.startswith(("/v1/auth/", "/v1/admin/accounts/")):  # local accounts (accounts.py)
+            return await self.accounts.handle(head, body)
         if head.path == "/v1/openapi.json":
             if head.method not in ("GET", "HEAD"):
                 return _error(ChatError("method_not_allowed", "use GET", 405), allow="GET, HEAD")

@@ -25,7 +25,7 @@ import msgspec
 import orjson
 
 from centrifugo_bridge.channels import personal_channel
-from gateway.chat import rbac, render
+from gateway.chat import directory, rbac, render
 from gateway.chat import schema as s
 from gateway.chat.errors import ChatError, bad_request, conflict, forbidden, not_found
 from storage.chat import ChatQueries, ChatStore, NameTaken, Row
@@ -147,6 +147,24 @@ class ChatService:
                                        email_enc=email_enc, role=role)
         self._roles[user] = (now + ROLE_CACHE_SECONDS, stored)
         return Actor(user, stored)
+
+    # ---- the web client's directory operations (directory.py) ---------------------------
+
+    async def users_me(self, actor: Actor, p: s.NoParams) -> s.UserResult:
+        return await directory.users_me(self, actor, p)
+
+    async def channels_get(self, actor: Actor, p: s.ChannelRef) -> s.ChannelResult:
+        return await directory.channels_get(self, actor, p)
+
+    async def channels_members(self, actor: Actor, p: directory.ChannelMembers) -> directory.MembersPage:
+        return await directory.channels_members(self, actor, p)
+
+    async def users_search(self, actor: Actor, p: directory.UsersSearch) -> directory.UsersPage:
+        return await directory.users_search(self, actor, p)
+
+    def forget_role(self, user: str) -> None:
+        """Drop the cached workspace role of ``user`` (an admin changed it)."""
+        self._roles.pop(user, None)
 
     def _encrypt_email(self, user: str, email: str) -> bytes:
         assert self.cipher is not None  # noqa: S101

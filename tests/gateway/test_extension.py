@@ -17,7 +17,7 @@ from centrifuge import Client
 
 from gateway.compose import build_node
 from gateway.config import build_settings
-from gateway.extension import Engine, Extension, Registration
+from gateway.extension import FALLBACK_PREFIX, Engine, Extension, Registration
 from gateway.http import Answer, RequestHead
 from gateway.server import serve
 from tests.conftest import API_KEY, Server, standard_settings, stop_server
@@ -129,7 +129,7 @@ async def test_an_extension_serves_rpc_http_access_and_hears_events(empty_dsn: s
 @pytest.mark.parametrize(("registration", "message"), [
     (Registration(rpc_methods={"whoami": lambda u, c, d: asyncio.sleep(0, b"")}), "RPC methods"),
     (Registration(http_prefixes={"/api/x": lambda h, b: asyncio.sleep(0, (200, b"", ""))}), "overlaps"),
-    (Registration(http_prefixes={"/": lambda h, b: asyncio.sleep(0, (200, b"", ""))}), "overlaps"),
+    (Registration(http_prefixes={"/health/x": lambda h, b: asyncio.sleep(0, (200, b"", ""))}), "overlaps"),
     (Registration(http_prefixes={"v2/": lambda h, b: asyncio.sleep(0, (200, b"", ""))}), "start with"),
 ])
 def test_install_refuses_what_would_shadow_the_engine(registration: Registration, message: str) -> None:
@@ -185,6 +185,30 @@ def test_the_longest_prefix_wins() -> None:
     assert node.http_handler("/y/") is None
 
 
+def test_the_fallback_prefix_takes_only_what_nothing_else_answers() -> None:
+    """``/`` (a web client) is the one prefix allowed to overlap: it gets the paths no other
+    prefix takes, never the engine's own, and only one extension may hold it."""
+    async def site(head: RequestHead, body: bytes) -> Answer:
+        return 200, b"site", "text/plain"
+
+    async def api(head: RequestHead, body: bytes) -> Answer:
+        return 200, b"api", "text/plain"
+
+    def extension(name: str, prefixes: dict[str, Any]) -> Any:
+        return type(name, (), {"name": name, "register": lambda self, engine: Registration(http_prefixes=prefixes),
+                               "start": lambda self: asyncio.sleep(0), "stop": lambda self: asyncio.sleep(0)})()
+
+    node = build_node(build_settings(standard_settings()),
+                      extensions=[extension("site", {FALLBACK_PREFIX: site}), extension("api", {"/v9/": api})])
+    assert node.http_handler("/v9/things") is api
+    assert node.http_handler("/") is site
+    assert node.http_handler("/assets/app.js") is site
+    for engine_path in ("/health", "/metrics", "/api/publish", "/connection/websocket"):
+        assert node.http_handler(engine_path) is None, engine_path
+    with pytest.raises(ValueError, match="overlaps"):
+        node.install(extension("site2", {FALLBACK_PREFIX: site}))
+
+
 async def test_without_chat_v1_says_the_product_is_off(server: Server) -> None:
     async with aiohttp.ClientSession() as http, http.get(
             f"{server.http_url}/v1/channels", headers={"X-API-Key": API_KEY}) as resp:
@@ -206,7 +230,8 @@ def _imports(path: Path) -> set[str]:
 def test_the_chat_product_sees_the_engine_only_through_the_port() -> None:
     engine_inside = ("gateway.node", "gateway.connection", "gateway.broker", "gateway.server", "gateway.api",
                      "gateway.hub", "gateway.durable")
-    for path in sorted((ROOT / "gateway" / "chat").glob("*.py")):
+    # The chat and the web client (both extensions).
+    for path in sorted([*(ROOT / "gateway" / "chat").glob("*.py"), *(ROOT / "gateway" / "web").glob("*.py")]):
         bad = {m for m in _imports(path) if m.startswith(engine_inside)}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
         # A node's internals, reached through any object: its tables, tasks, broker, users,
