@@ -104,7 +104,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "/away": "Toggle away",
     "/status": "Set a status: /status text [until 2h] (/status clear)",
     "/mute": "Mute or unmute this channel",
-    "/huddle": "Start a huddle (not available yet)",
+    "/huddle": "Start or join this channel's huddle (/huddle end, /huddle leave)",
 }
 
 
@@ -153,6 +153,9 @@ class IntegrationService:
         self._http: aiohttp.ClientSession | None = None
         self.outbox: Any = None  # gateway.integrations.outbox.Outbox, set by start()
         self.unfurler: Unfurler | None = None
+        from gateway.integrations.rooms import Rooms
+
+        self.rooms = Rooms(self)
 
     async def start(self) -> None:
         """The HTTP client for calls to apps, the outbox sender, link previews."""
@@ -763,7 +766,23 @@ class IntegrationService:
                 words, until = text[: m.start()], int(time.time() + seconds)
             await c.presence_set_status(actor, s.SetStatus(text=words[:100], until=until))
             return done(f"Status set: {words}")
-        return done("Huddles are not available yet.")  # /huddle
+        # /huddle [topic] | end | leave
+        from gateway.integrations.rooms import HuddleSpec
+
+        if text in ("end", "leave"):
+            from storage.incidents import RoomQueries
+
+            async with c.db.read() as q:
+                live = await RoomQueries(q.c).live_huddle(cid)
+            if live is None:
+                return done("There is no huddle in this channel.")
+            if text == "end":
+                view = await self.rooms.end_huddle(actor, live["id"])
+                return done(f"Huddle ended after {view['duration']:.0f} s")
+            await self.rooms.leave_huddle(actor, live["id"])
+            return done("You left the huddle")
+        view, created = await self.rooms.start_huddle(actor, cid, HuddleSpec(topic=text[:200]))
+        return done(("Huddle started: " if created else "You joined the huddle: ") + view["url"])
 
     # ---- interactive messages ------------------------------------------------------------
 
