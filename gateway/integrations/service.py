@@ -200,6 +200,8 @@ class IntegrationService:
     def _unfurl_later(self, message: s.Message) -> None:
         """Called by the chat right after a send/edit was acknowledged: the fetching runs
         as an engine job, so neither the sender nor the send path waits for any page."""
+        # An app's Block Kit message is laid out by the app itself (as in Slack, where
+        # apps unfurl their own links through chat.unfurl); everything else is previewed.
         if message.app_id is None or not message.blocks:
             self.engine.spawn(self._unfurl(message.id, message.version, message.text))
 
