@@ -154,7 +154,8 @@ async def message(env: ChatEnv, user: str, ch: str, mid: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "fd00:ec2::254",
-    "100.64.0.1", "100.100.100.200", "0.0.0.0", "::",  # noqa: S104 - addresses judged, nothing bound "224.0.0.1", "ff02::1", "fe80::1",
+    "100.64.0.1", "100.100.100.200", "224.0.0.1", "ff02::1", "fe80::1",
+    "0.0.0.0", "::",  # noqa: S104 - addresses judged, nothing is bound
     "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::", "240.0.0.1", "192.0.2.1"])
 def test_non_public_addresses_are_refused(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is not None
