@@ -163,6 +163,30 @@ class IntegrationSettings(msgspec.Struct, forbid_unknown_fields=True):
     event_backoff_max: float = 300.0        # ...up to this
     event_timeout: float = 5.0              # an events URL's answer
     event_poll_interval: float = 0.5        # outbox scan when nothing woke it
+    # Link previews (gateway/integrations/unfurl.py), fetched after the send is acknowledged.
+    unfurl_enabled: bool = True
+    unfurl_timeout: float = 3.0             # a whole fetch (every redirect included)
+    unfurl_max_bytes: int = 1_000_000       # a page's body beyond this: no preview
+    unfurl_max_redirects: int = 3           # each hop re-checked like the first URL
+    unfurl_max_links: int = 3               # links previewed per message
+    unfurl_ports: list[int] = msgspec.field(default_factory=lambda: [80, 443])  # only these
+    # Hosts (exact, or ".suffix" for subdomains) or CIDRs never fetched...
+    unfurl_deny: list[str] = []
+    # ...and fetched although they resolve to a private/loopback address (an intranet wiki).
+    unfurl_allow: list[str] = []
+    # name -> IP answered before DNS (a split-horizon name, or tests); checked like DNS answers.
+    unfurl_resolve: dict[str, str] = {}
+    unfurl_cache_ttl: float = 3600.0        # a URL's preview (or failure) is reused this long
+    # sent://prism/dashboard/<name> -> GET this URL ({name} replaced): a chart attachment.
+    prism_url: str = ""
+    prism_refresh_interval: float = 60.0    # how often a client on screen re-reads a chart
+    # sent://files/<path> (and links to file_hosts) -> GET this URL ({path}): name/size/type.
+    files_url: str = ""
+    file_hosts: list[str] = []
+    # Incident war rooms: priorities up to this one notify responders through DND (0: never).
+    incident_urgent_priority: int = 1
+    # Huddles: the meeting URL ({id}, {channel} replaced); empty: huddles are off.
+    huddle_url_template: str = ""
 
     def __post_init__(self) -> None:
         for key in ("slack_api_prefix", "hooks_prefix"):
@@ -178,6 +202,31 @@ class IntegrationSettings(msgspec.Struct, forbid_unknown_fields=True):
                 or self.event_poll_interval <= 0 or self.signature_tolerance <= 0:
             raise ValueError("rates, timeouts, uses and attempts must be positive "
                              "(event_backoff_max >= event_backoff)")
+        if self.unfurl_timeout <= 0 or self.unfurl_max_bytes < 1 or self.unfurl_max_links < 0 \
+                or not 0 <= self.unfurl_max_redirects <= 10 or self.unfurl_cache_ttl < 0 \
+                or self.prism_refresh_interval <= 0 or not 0 <= self.incident_urgent_priority <= 5:
+            raise ValueError("unfurl_* limits must be positive (max_redirects 0-10), "
+                             "incident_urgent_priority 0-5")
+        if any(not 0 < port < 65536 for port in self.unfurl_ports):
+            raise ValueError("unfurl_ports: ports 1-65535")
+        for key in ("prism_url", "files_url", "huddle_url_template"):
+            value = getattr(self, key)
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{key} must be an http(s) URL")
+        import ipaddress
+
+        for name, address in self.unfurl_resolve.items():
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"unfurl_resolve[{name}]: not an IP address") from None
+        for key in ("unfurl_allow", "unfurl_deny"):
+            for entry in getattr(self, key):
+                if "/" in entry:
+                    try:
+                        ipaddress.ip_network(entry, strict=False)
+                    except ValueError:
+                        raise ValueError(f"{key}: {entry!r} is not a CIDR") from None
 
 
 class NamespaceSettings(ChannelOptions, forbid_unknown_fields=True):
@@ -257,7 +306,8 @@ DURATION_KEYS = frozenset({
     "presence_ttl", "node_info_interval", "write_delay",
     # [integrations]
     "command_timeout", "signature_tolerance", "response_url_ttl", "event_backoff",
-    "event_backoff_max", "event_timeout", "event_poll_interval",
+    "event_backoff_max", "event_timeout", "event_poll_interval", "unfurl_timeout",
+    "unfurl_cache_ttl", "prism_refresh_interval",
 })
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -416,6 +416,7 @@ class ChatQueries:
         row = await self.c.fetchrow(
             """UPDATE chat_messages SET text = $2, rendered = $3::jsonb, mentions = $4,
                    blocks = CASE WHEN $6 THEN $5::jsonb ELSE blocks END,
+                   previews = CASE WHEN text = $2 THEN previews END,
                    version = version + 1, edited_at = now()
                WHERE id = $1 RETURNING *""", message_id, text, rendered, mentions, blocks, set_blocks)
         assert row is not None  # noqa: S101 - the caller holds the row locked
@@ -424,11 +425,19 @@ class ChatQueries:
     async def delete_message(self, message_id: int) -> Row:
         """Blank the message, mark it deleted, next version; the updated row."""
         row = await self.c.fetchrow(
-            """UPDATE chat_messages SET text = '', rendered = '[]', blocks = NULL, deleted = true,
+            """UPDATE chat_messages SET text = '', rendered = '[]', blocks = NULL, previews = NULL, deleted = true,
                    version = version + 1, edited_at = now()
                WHERE id = $1 RETURNING *""", message_id)
         assert row is not None  # noqa: S101 - the caller holds the row locked
         return row
+
+    async def set_previews(self, message_id: int, version: int, previews: str) -> Row | None:
+        """Attach link previews (JSON, 0005) to this version of a live message; the updated
+        row, None when the message changed version or was deleted meanwhile."""
+        return await self.c.fetchrow(
+            """UPDATE chat_messages SET previews = $3::jsonb
+               WHERE id = $1 AND version = $2 AND NOT deleted RETURNING *""",
+            message_id, version, previews)
 
     async def versions(self, message_id: int) -> list[Row]:
         """chat_message_versions of a message, oldest first."""

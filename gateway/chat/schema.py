@@ -180,6 +180,9 @@ class Message(msgspec.Struct):
     blocks: list[dict[str, Any]] | None = None
     app_id: str | None = None
     bot_profile: dict[str, str] | None = None
+    # Link previews attached after the send (gateway/integrations/unfurl.py): link, chart
+    # or file cards; None until (unless) one was made.
+    previews: list[dict[str, Any]] | None = None
 
 
 class MessageVersion(msgspec.Struct):

@@ -92,6 +92,9 @@ class ChatService:
         self._profiles: dict[str, bytes] = {}
         # Set by the integrations when they load: events for apps (their outbox).
         self.event_hook: EventHook | None = None
+        # Set by the integrations when they load: link previews of a message just sent or
+        # edited (it must return at once; the fetching runs as a spawned job).
+        self.link_hook: Callable[[s.Message], None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -239,7 +242,8 @@ class ChatService:
             last_reply_at=_ts(r["last_reply_at"]), reactions=reactions or {},
             blocks=orjson.loads(r["blocks"]) if r.get("blocks") else None,
             app_id=r.get("app_id"),
-            bot_profile=orjson.loads(r["bot_profile"]) if r.get("bot_profile") else None)
+            bot_profile=orjson.loads(r["bot_profile"]) if r.get("bot_profile") else None,
+            previews=orjson.loads(r["previews"]) if r.get("previews") else None)
 
     async def _messages(self, q: ChatQueries, rows: list[Row]) -> list[s.Message]:
         reactions = await q.reactions([r["id"] for r in rows])
@@ -530,6 +534,8 @@ class ChatService:
         else:
             await self._emit(p.channel_id, {"type": "message.created", "message": body},
                              f"message.created:{row['id']}")
+        if created and self.link_hook is not None and "://" in p.text:
+            self.link_hook(message)
         if created:
             # Notifications are best effort and may fan out to every member: the sender's
             # acknowledgement does not wait for them.
@@ -608,7 +614,24 @@ class ChatService:
             # Unchanged text is a retry: re-emitting the same version is deduplicated.
             await self._emit(row["channel_id"], {"type": "message.updated", "message": msgspec.to_builtins(message)},
                              f"message.updated:{row['id']}:{row['version']}")
+            if changed and self.link_hook is not None and "://" in p.text:
+                self.link_hook(message)
         return s.MessageResult(message=message, created=changed)
+
+    async def attach_previews(self, message_id: int, version: int,
+                              previews: list[dict[str, Any]]) -> bool:
+        """Attach link previews to the version of a message they were made for, and push
+        ``message.updated``; False when the message was edited or deleted meanwhile (the
+        edit makes its own previews)."""
+        async with self.db.write() as q:
+            row = await q.set_previews(message_id, version, orjson.dumps(previews).decode())
+        if row is None:
+            return False
+        message = (await self._messages_by_ids([message_id]))[0]
+        await self._emit(row["channel_id"], {"type": "message.updated", "message": msgspec.to_builtins(message),
+                                             "previews": True},
+                         f"message.previews:{message_id}:{version}")
+        return True
 
     async def messages_delete(self, actor: Actor, p: s.MessageRef) -> s.Ok:
         async with self.db.write() as q:

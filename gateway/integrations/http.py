@@ -27,12 +27,14 @@ from gateway.integrations.service import TEAM_ID, TOKEN_PREFIX, AppSpec, Integra
 if TYPE_CHECKING:
     from gateway.chat.binding import ChatHttp
     from gateway.http import Answer, RequestHead
+    from gateway.integrations.rooms import Caller
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
 V1_ROUTES = re.compile(
-    r"^/v1/(apps(/.*)?|commands|channels/[^/]+/commands|messages/[^/]+/actions|admin/outbox)$")
+    r"^/v1/(apps(/.*)?|commands|channels/[^/]+/commands|messages/[^/]+/actions|admin/outbox"
+    r"|incidents(/[^/]+(/resolve)?)?|channels/[^/]+/huddles|huddles/[^/]+(/(join|leave|end))?)$")
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
@@ -125,6 +127,10 @@ class IntegrationHttp:
                 raise bad_request("message_id: a message id")
             return ok(await svc.actions_invoke(actor, int(parts[1]), data.get("action_id", ""),
                                                data.get("block_id"), data.get("value"), host))
+        if parts[0] == "incidents":
+            return await self._incidents(head, body, parts, ok, allow)
+        if parts[0] == "huddles" or (parts[0] == "channels" and parts[2] == "huddles"):
+            return await self._huddles(head, body, parts, ok, allow)
         if path == "/v1/admin/outbox":
             allow("GET")
             await self._admin(h)
@@ -171,6 +177,62 @@ class IntegrationHttp:
             allow("POST")
             return ok(await svc.outbox_retry(admin, app_id))
         raise ChatError("not_found", f"no route {path}", 404)
+
+    async def _incident_caller(self, headers: Mapping[str, str]) -> Caller:
+        """An app's bot token, the API key, or a workspace admin's JWT (else 401/403)."""
+        from gateway.integrations.rooms import Caller
+
+        if self.service.engine.carries_api_key(headers):
+            return Caller(Actor("app", "owner"), api_key=True)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token.startswith(TOKEN_PREFIX):
+            app = await self.service.app_for_token(token)
+            if app["channels"]:
+                # A bot restricted to channels opens none (as for channels.create).
+                raise forbidden("an app restricted to channels cannot open incident channels")
+            return Caller(self.service.bot_actor(app), app_id=app["id"])
+        actor = await self.chat_http._bearer(headers)
+        return Caller(actor)
+
+    async def _incidents(self, head: RequestHead, body: bytes, parts: list[str],
+                         ok: Callable[..., Answer], allow: Callable[..., None]) -> Answer:
+        from gateway.integrations.rooms import IncidentSpec, ResolveSpec
+
+        rooms = self.service.rooms
+        caller = await self._incident_caller(head.headers)
+        if len(parts) == 1:
+            allow("POST")
+            if caller.app_id is None and not caller.api_key and not rbac.is_workspace_admin(caller.actor.role):
+                raise forbidden("incidents are opened by apps (bot token) or workspace admins")
+            spec = msgspec.convert(_json_body(body), IncidentSpec)
+            return ok(await rooms.create_incident(caller, spec), 201)
+        if len(parts) == 2:
+            allow("GET")
+            return ok(await rooms.get_incident(caller, parts[1]))
+        allow("POST")
+        return ok(await rooms.resolve_incident(caller, parts[1], msgspec.convert(_json_body(body), ResolveSpec)))
+
+    async def _huddles(self, head: RequestHead, body: bytes, parts: list[str],
+                       ok: Callable[..., Answer], allow: Callable[..., None]) -> Answer:
+        from gateway.integrations.rooms import HuddleSpec
+
+        rooms = self.service.rooms
+        # Huddles are people's: a bot token is refused.
+        actor = await self._person(head.headers)
+        if parts[0] == "channels":
+            allow("POST")
+            spec = msgspec.convert(_json_body(body), HuddleSpec)
+            view, created = await rooms.start_huddle(actor, parts[1], spec)
+            return ok({"huddle": view, "created": created}, 201 if created else 200)
+        if len(parts) == 2:
+            allow("GET")
+            return ok({"huddle": await rooms.get_huddle(actor, parts[1])})
+        allow("POST")
+        if body and _json_body(body):
+            raise bad_request("no fields expected")
+        op = {"join": rooms.join_huddle, "leave": rooms.leave_huddle, "end": rooms.end_huddle}[parts[2]]
+        return ok({"huddle": await op(actor, parts[1])})
 
     # ---- /hooks/ --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from gateway.config import IntegrationSettings
     from gateway.extension import Engine
+    from gateway.integrations.unfurl import Unfurler
     from storage.chat import ChatQueries
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "/away": "Toggle away",
     "/status": "Set a status: /status text [until 2h] (/status clear)",
     "/mute": "Mute or unmute this channel",
-    "/huddle": "Start a huddle (not available yet)",
+    "/huddle": "Start or join this channel's huddle (/huddle end, /huddle leave)",
 }
 
 
@@ -151,17 +152,28 @@ class IntegrationService:
         self.limiter = HookLimiter(settings.hook_rate, settings.hook_burst)
         self._http: aiohttp.ClientSession | None = None
         self.outbox: Any = None  # gateway.integrations.outbox.Outbox, set by start()
+        self.unfurler: Unfurler | None = None
+        from gateway.integrations.rooms import Rooms
+
+        self.rooms = Rooms(self)
 
     async def start(self) -> None:
-        """The HTTP client for calls to apps and the outbox sender."""
+        """The HTTP client for calls to apps, the outbox sender, link previews."""
         from gateway.integrations.outbox import Outbox
 
         self.outbox = Outbox(self)
         self.outbox.start()
+        if self.settings.unfurl_enabled and self.settings.unfurl_max_links > 0:
+            from gateway.integrations.unfurl import Unfurler
+
+            self.unfurler = Unfurler(self.settings, self.http)
+            self.chat.link_hook = self._unfurl_later
 
     async def stop(self) -> None:
         if self.outbox is not None:
             await self.outbox.stop()
+        if self.unfurler is not None:
+            await self.unfurler.close()
         if self._http is not None:
             await self._http.close()
 
@@ -182,6 +194,22 @@ class IntegrationService:
             return f"http://{host}"
         http = self.engine.settings.http
         return f"http://{http.host}:{http.port}"
+
+    # ---- link previews -------------------------------------------------------------------
+
+    def _unfurl_later(self, message: s.Message) -> None:
+        """Called by the chat right after a send/edit was acknowledged: the fetching runs
+        as an engine job, so neither the sender nor the send path waits for any page."""
+        # An app's Block Kit message is laid out by the app itself (as in Slack, where
+        # apps unfurl their own links through chat.unfurl); everything else is previewed.
+        if message.app_id is None or not message.blocks:
+            self.engine.spawn(self._unfurl(message.id, message.version, message.text))
+
+    async def _unfurl(self, message_id: int, version: int, text: str) -> None:
+        assert self.unfurler is not None  # noqa: S101 - the hook is set with the unfurler
+        previews = await self.unfurler.previews(text)
+        if previews:
+            await self.chat.attach_previews(message_id, version, previews)
 
     # ---- apps (admin) ---------------------------------------------------------------------
 
@@ -740,7 +768,23 @@ class IntegrationService:
                 words, until = text[: m.start()], int(time.time() + seconds)
             await c.presence_set_status(actor, s.SetStatus(text=words[:100], until=until))
             return done(f"Status set: {words}")
-        return done("Huddles are not available yet.")  # /huddle
+        # /huddle [topic] | end | leave
+        from gateway.integrations.rooms import HuddleSpec
+
+        if text in ("end", "leave"):
+            from storage.incidents import RoomQueries
+
+            async with c.db.read() as q:
+                live = await RoomQueries(q.c).live_huddle(cid)
+            if live is None:
+                return done("There is no huddle in this channel.")
+            if text == "end":
+                view = await self.rooms.end_huddle(actor, live["id"])
+                return done(f"Huddle ended after {view['duration']:.0f} s")
+            await self.rooms.leave_huddle(actor, live["id"])
+            return done("You left the huddle")
+        view, created = await self.rooms.start_huddle(actor, cid, HuddleSpec(topic=text[:200]))
+        return done(("Huddle started: " if created else "You joined the huddle: ") + view["url"])
 
     # ---- interactive messages ------------------------------------------------------------
 

@@ -60,7 +60,8 @@ async def integ(pg_dsn: str) -> AsyncIterator[IntegEnv]:
                              integrations__hook_burst=5, integrations__hook_rate=0.5,
                              integrations__command_timeout=2.0,
                              integrations__event_backoff=0.2, integrations__event_backoff_max=0.5,
-                             integrations__event_max_attempts=10, integrations__event_poll_interval=0.1)
+                             integrations__event_max_attempts=10, integrations__event_poll_interval=0.1,
+                             integrations__huddle_url_template="https://meet.example.test/{channel}/{id}")
     node = build_node(settings)
     await node.start()
     server = await serve(node, "127.0.0.1", port)

@@ -157,7 +157,9 @@ async def test_builtin_commands(integ: IntegEnv) -> None:
     info = await integ.ok("GET", "/v1/channels", other)
     assert any(c["id"] == ch and c["member"] and c["topic"] == "launch day" for c in info["channels"])
     r = await run("/huddle")
-    assert "not available" in r["text"]
+    assert r["text"].startswith("Huddle started: https://meet.example.test/")
+    r = await run("/huddle", "leave")  # the last one out ends it
+    assert r["text"] == "You left the huddle"
 
 
 # ---- interactive messages -----------------------------------------------------------------
