@@ -110,6 +110,9 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Empty: an embedded PostgreSQL under data_dir is started when a namespace is durable.
     postgres_dsn: str = ""
+    # Search reads (docs/search.md) from this DSN, e.g. a streaming read replica; empty:
+    # postgres_dsn. A replica's lag delays new messages and membership changes in search.
+    search_dsn: str = ""
     data_dir: str = ".sentchat"
     # Time partitions of the publications table, created this many intervals ahead.
     partition_interval: str = "daily"
@@ -489,6 +492,7 @@ ENV_KEYS = {
     "SENTCHAT_TOKEN_HMAC_SECRET": ("client", "token", "hmac_secret_key"),
     "SENTCHAT_WORKERS": ("node", "workers"),
     "SENTCHAT_POSTGRES_DSN": ("storage", "postgres_dsn"),
+    "SENTCHAT_SEARCH_DSN": ("storage", "search_dsn"),
     "SENTCHAT_DATA_DIR": ("storage", "data_dir"),
 }
 

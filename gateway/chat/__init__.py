@@ -36,6 +36,7 @@ RPC_METHODS: tuple[str, ...] = (
     "threads.replies", "threads.follow", "reactions.add", "reactions.remove", "pins.add",
     "pins.remove", "pins.list", "read.mark", "unread.counts", "presence.set_status", "users.get",
     "users.me", "channels.get", "channels.members", "users.search",
+    "search.messages", "search.channels", "search.users",
 )
 
 # The integrations' RPC methods (gateway/integrations/rpc.py), served when

@@ -104,6 +104,12 @@ OPS: tuple[Op, ...] = (
     Op("presence.set_status", s.SetStatus, s.UserResult, "PUT", "/v1/status",
        "Set away / Do Not Disturb / custom status (an app with the API key: anyone's)"),
     Op("users.get", s.UserRef, s.UserResult, "GET", "/v1/users/{user_id}", "A user's profile and status"),
+    Op("search.messages", s.SearchMessages, s.SearchMessagesResult, "GET", "/v1/search/messages",
+       "Search messages the caller may read (Slack's query language, docs/search.md)"),
+    Op("search.channels", s.SearchNames, s.SearchChannelsResult, "GET", "/v1/search/channels",
+       "Find channels the caller may see by name (prefix, substring, typos)"),
+    Op("search.users", s.SearchNames, s.SearchUsersResult, "GET", "/v1/search/users",
+       "Find people by id or display name (prefix, substring, typos)"),
     Op("admin.users.upsert", s.AdminUserUpsert, s.UserResult, "PUT", "/v1/admin/users/{user_id}",
        "Create or update a user's org-chart fields and workspace role (API key)", rpc=False, admin=True),
     *directory.ops(Op),  # me, one channel, members, user directory (the web client's needs)

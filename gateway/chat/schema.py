@@ -283,3 +283,67 @@ class UserResult(msgspec.Struct):
 
 class Ok(msgspec.Struct):
     ok: bool = True
+
+
+# ---- search (gateway/chat/search.py, docs/search.md) ----------------------------------
+
+SearchText = Annotated[str, Meta(max_length=1000, description=(
+    "the query in Slack's language: words, \"phrases\", -excluded, from:@user, in:#channel, "
+    "in:@user, before:/after:/on:/during: dates, has:link|code|pin|reaction, is:thread"))]
+NameQuery = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class SearchMessages(Params):
+    q: SearchText
+    sort: Literal["recent", "relevance"] = "recent"
+    cursor: Annotated[str, Meta(max_length=100)] | None = None
+    limit: Annotated[int, Meta(ge=1, le=100)] = 20
+    # Dates in the query (on:2024-05-01, today...) are days in this IANA time zone.
+    tz: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
+
+
+class SearchNames(Params):
+    q: NameQuery
+    limit: Annotated[int, Meta(ge=1, le=50)] = 20
+
+
+class SearchChannelRef(msgspec.Struct):
+    id: str
+    kind: str
+    name: str
+
+
+class SearchAuthor(msgspec.Struct):
+    id: str
+    display_name: str
+
+
+class SearchHit(msgspec.Struct):
+    message: Message
+    channel: SearchChannelRef
+    author: SearchAuthor
+    # The matching passage, HTML-escaped, matches wrapped in <mark>...</mark>.
+    snippet: str
+
+
+class SearchMessagesResult(msgspec.Struct):
+    hits: list[SearchHit]
+    # Matches the searcher may read; with total_more, "more than total" (counting stops).
+    total: int
+    total_more: bool
+    next_cursor: str | None = None
+
+
+class SearchChannelsResult(msgspec.Struct):
+    channels: list[Channel]
+
+
+class SearchUser(msgspec.Struct):
+    id: str
+    display_name: str
+    title: str
+    role: str
+
+
+class SearchUsersResult(msgspec.Struct):
+    users: list[SearchUser]

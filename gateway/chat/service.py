@@ -31,6 +31,7 @@ from gateway.chat.errors import ChatError, bad_request, conflict, forbidden, not
 from storage.chat import ChatQueries, ChatStore, NameTaken, Row
 
 if TYPE_CHECKING:
+    from gateway.chat.search import SearchService
     from gateway.config import ChatSettings
     from gateway.extension import Engine
     from storage.crypto import FieldCipher
@@ -95,6 +96,9 @@ class ChatService:
         # Set by the integrations when they load: link previews of a message just sent or
         # edited (it must return at once; the fetching runs as a spawned job).
         self.link_hook: Callable[[s.Message], None] | None = None
+        self._dsn = ""
+        self._search: SearchService | None = None
+        self._search_lock = asyncio.Lock()
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -104,11 +108,44 @@ class ChatService:
 
         self.cipher = FieldCipher.from_settings(self.settings)
         self.store = await ChatStore.open(dsn, self.settings.pool_size)
+        self._dsn = dsn
 
     async def stop(self) -> None:
-        """Close the pool (the extension stops the service after its last job)."""
+        """Close the pools (the extension stops the service after its last job)."""
         if self.store is not None:
             await self.store.close()
+        if self._search is not None:
+            await self._search.store.close()
+            self._search = None
+
+    # ---- search (gateway/chat/search.py) ----------------------------------------------
+
+    async def _searcher(self) -> SearchService:
+        """The search service, its pool opened by the first search (on
+        ``storage.search_dsn``, a read replica, when set): a chat nobody searches carries
+        no second pool."""
+        if self._search is None:
+            async with self._search_lock:
+                if self._search is None:
+                    from gateway.chat.search import SearchService
+                    from storage.search import SearchStore
+
+                    dsn = self.engine.settings.storage.search_dsn or self._dsn
+                    store = await SearchStore.open(dsn, max(2, self.settings.pool_size // 2))
+                    self._search = SearchService(store, self._to_message, self._to_channel)
+        return self._search
+
+    async def search_messages(self, actor: Actor, p: s.SearchMessages) -> s.SearchMessagesResult:
+        """Messages the caller may read matching a query (docs/search.md)."""
+        return await (await self._searcher()).messages(actor, p)
+
+    async def search_channels(self, actor: Actor, p: s.SearchNames) -> s.SearchChannelsResult:
+        """Channels the caller may see, by name prefix, substring or likeness."""
+        return await (await self._searcher()).channels(actor, p)
+
+    async def search_users(self, actor: Actor, p: s.SearchNames) -> s.SearchUsersResult:
+        """People by id or display name prefix, substring or likeness."""
+        return await (await self._searcher()).people(actor, p)
 
     @property
     def db(self) -> ChatStore:

@@ -1,0 +1,429 @@
+"""Search over the chat tables (migration 0004_search.sql): every SQL statement of message,
+channel and people search, and the batched backfill of the message search vectors.
+
+The service (gateway/chat/search.py) parses the user's query and decides which channels the
+searcher may read; this module turns those validated pieces into one parameterised
+statement. The user's words only ever travel as parameters of ``plainto_tsquery`` /
+``phraseto_tsquery`` (which never raise on any text), so no query reaches PostgreSQL as
+SQL or tsquery syntax.
+
+The pool may point at a read replica (``storage.search_dsn``). Its connections plan every
+statement for its own parameters (``plan_cache_mode = force_custom_plan``): asyncpg
+prepares statements, and PostgreSQL's generic plan for a prepared search cannot see how
+many channels or which words it is given, which measured 6 to 30 times slower
+(docs/search.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from storage.chat import ChatQueries
+
+log = logging.getLogger(__name__)
+
+Row = asyncpg.Record
+
+STATEMENT_TIMEOUT_MS = 5000
+"""A search that has not answered in this long is cancelled (SearchTimeout)."""
+COUNT_CAP = 1000
+"""Totals are exact up to here; beyond, the answer says "more than 1000"."""
+RANK_CANDIDATES = 1000
+"""Relevance ranks the newest this-many matches: ranking every match of a common word
+costs seconds (docs/search.md), and recent messages are what people look for."""
+START_MARK, STOP_MARK = "\ue000", "\ue001"
+"""Highlight markers: private-use characters, removed from the text before highlighting,
+so the service can escape the message's own markup and then turn these into tags."""
+LT_MARK = "\x01"
+"""Stands for "<" in the text given to the parser (chat_search_text, migration 0004)."""
+
+# (index name, CREATE statement without CONCURRENTLY / IF NOT EXISTS) of the indexes the
+# migration builds on a small table and SearchIndexer builds concurrently on a big one.
+SEARCH_INDEXES: tuple[tuple[str, str], ...] = (
+    ("chat_messages_search_idx", "ON chat_messages USING gin (search_tsv)"),
+    ("chat_messages_search_channel_idx", "ON chat_messages (channel_id, id)"),
+    ("chat_messages_search_author_idx", "ON chat_messages (author_id, id)"),
+    ("chat_messages_search_created_idx", "ON chat_messages (created_at)"),
+)
+
+_EN = "'sentchat_english'::regconfig"
+_SIMPLE = "'sentchat_simple'::regconfig"
+
+
+class SearchTimeout(Exception):
+    """The statement ran past STATEMENT_TIMEOUT_MS."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextTerm:
+    """A word or phrase to match; ``prefix`` also matches words it begins."""
+
+    kind: Literal["word", "phrase"]
+    text: str
+    prefix: bool = False
+
+
+@dataclass(slots=True)
+class MessageSearch:
+    """What to find. ``channel_ids`` is the complete set the searcher may read (and, with
+    ``in:``, asked for): the statement never looks outside it."""
+
+    channel_ids: Sequence[str]
+    terms: Sequence[TextTerm] = ()
+    excluded: Sequence[TextTerm] = ()
+    author_ids: Sequence[str] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    has_link: bool = False
+    has_code: bool = False
+    has_pin: bool = False
+    has_reaction: bool = False
+    is_thread: bool = False
+    sort: Literal["recent", "relevance"] = "recent"
+    before_id: int | None = None   # recent: the page starts below this id
+    offset: int = 0                # relevance: ranks already shown
+    limit: int = 20
+
+
+@dataclass(slots=True)
+class MessageHits:
+    """A page of hits (chat_messages columns + ``snippet`` with START/STOP_MARK),
+    their reactions, and the total (``total_more``: at least ``total``)."""
+
+    rows: list[Row]
+    reactions: dict[int, dict[str, list[str]]]
+    total: int
+    total_more: bool
+    has_more: bool
+    ranked: bool = False
+
+
+class _Sql:
+    """Positional parameters collected while building one statement."""
+
+    def __init__(self) -> None:
+        self.args: list[object] = []
+
+    def p(self, value: object, cast: str = "") -> str:
+        self.args.append(value)
+        return f"${len(self.args)}{cast}"
+
+
+def _tsquery(sql: _Sql, t: TextTerm) -> str:
+    text = sql.p(t.text, "::text")
+    if t.kind == "phrase":
+        return f"(phraseto_tsquery({_EN}, {text}) || phraseto_tsquery({_SIMPLE}, {text}))"
+    if t.prefix and t.text.isalnum():
+        # Only letters and digits reach to_tsquery's syntax (checked here, not trusted).
+        return f"(plainto_tsquery({_EN}, {text}) || to_tsquery({_SIMPLE}, {text} || ':*'))"
+    return f"(plainto_tsquery({_EN}, {text}) || plainto_tsquery({_SIMPLE}, {text}))"
+
+
+def _match(sql: _Sql, s: MessageSearch) -> str | None:
+    """The tsquery expression of the search's words, None without words."""
+    parts = [_tsquery(sql, t) for t in s.terms]
+    parts += [f"!!{_tsquery(sql, t)}" for t in s.excluded]
+    return " && ".join(parts) if parts else None
+
+
+def _where(sql: _Sql, s: MessageSearch, tsq: str | None) -> list[str]:
+    where = [f"m.channel_id = ANY({sql.p(list(s.channel_ids), '::text[]')})", "NOT m.deleted"]
+    if tsq is not None:
+        where.append(f"m.search_tsv @@ ({tsq})")
+    if s.author_ids:
+        where.append(f"m.author_id = ANY({sql.p(list(s.author_ids), '::text[]')})")
+    if s.start is not None:
+        where.append(f"m.created_at >= {sql.p(s.start, '::timestamptz')}")
+    if s.end is not None:
+        where.append(f"m.created_at < {sql.p(s.end, '::timestamptz')}")
+    if s.has_link:
+        where.append(r"m.text ~* '(https?|ftp)://|\mwww\.'")
+    if s.has_code:
+        where.append("strpos(m.text, '`') > 0")
+    if s.has_pin:
+        where.append("EXISTS (SELECT 1 FROM chat_pins p WHERE p.message_id = m.id)")
+    if s.has_reaction:
+        where.append("EXISTS (SELECT 1 FROM chat_reactions r WHERE r.message_id = m.id)")
+    if s.is_thread:
+        where.append("(m.thread_parent IS NOT NULL OR m.reply_count > 0)")
+    return where
+
+
+_COLUMNS = """m.id, m.channel_id, m.author_id, m.client_msg_id, m.text, m.rendered, m.mentions,
+              m.thread_parent, m.also_to_channel, m.reply_count, m.reply_users, m.last_reply_at,
+              m.version, m.edited_at, m.deleted, m.created_at"""
+
+
+class SearchStore:
+    """Search statements on their own pool (the primary, or a read replica)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, trigram: bool, unaccent: bool) -> None:
+        self.pool = pool
+        self.trigram = trigram
+        self.unaccent = unaccent
+
+    @classmethod
+    async def open(cls, dsn: str, pool_size: int) -> SearchStore:
+        """A store on a new pool; notes whether pg_trgm and unaccent are installed."""
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=pool_size,
+            server_settings={"plan_cache_mode": "force_custom_plan",
+                             "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                             "default_transaction_read_only": "on"})
+        async with pool.acquire() as conn:
+            found = {r["extname"] for r in await conn.fetch(
+                "SELECT extname FROM pg_extension WHERE extname IN ('pg_trgm', 'unaccent')")}
+            ready = await conn.fetchval(
+                "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = ANY($1::text[]) AND i.indisvalid",
+                [name for name, _ in SEARCH_INDEXES])
+        if ready < len(SEARCH_INDEXES):
+            log.warning("search indexes are not built yet: run `sentchat migrate` "
+                        "(searches scan the table until then)")
+        return cls(pool, trigram="pg_trgm" in found, unaccent="unaccent" in found)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        """One read-only REPEATABLE READ transaction: the access check and the search see
+        the same membership."""
+        async with self.pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            yield conn
+
+    # ---- access ----------------------------------------------------------------------
+
+    @staticmethod
+    async def readable_channels(conn: asyncpg.Connection, user: str, *, public: bool) -> list[str]:
+        """Channel ids the user may read: its memberships, and with ``public`` every public
+        channel (the rule of ``channels.list`` / rbac.can_see)."""
+        rows = await conn.fetch(
+            """SELECT channel_id AS id FROM chat_members WHERE user_id = $1
+               UNION
+               SELECT id FROM chat_channels WHERE $2 AND kind = 'public'""", user, public)
+        return [r["id"] for r in rows]
+
+    @staticmethod
+    async def channels_named(conn: asyncpg.Connection, names: Sequence[str],
+                             among: Sequence[str]) -> list[Row]:
+        """(id, name) of the channels among ``among`` whose name (any case) or id is listed."""
+        return list(await conn.fetch(
+            """SELECT id, lower(name) AS name FROM chat_channels
+               WHERE id = ANY($2::text[]) AND (lower(name) = ANY($1::text[]) OR id = ANY($1::text[]))""",
+            list(names), list(among)))
+
+    @staticmethod
+    async def dms_with(conn: asyncpg.Connection, user: str, others: Sequence[str]) -> list[Row]:
+        """(id, other) of the two-person DMs between ``user`` and each of ``others``."""
+        return list(await conn.fetch(
+            """SELECT c.id, o.user_id AS other FROM chat_channels c
+               JOIN chat_members me ON me.channel_id = c.id AND me.user_id = $1
+               JOIN chat_members o ON o.channel_id = c.id AND o.user_id = ANY($2::text[])
+               WHERE c.kind = 'dm' AND (o.user_id <> $1 OR NOT EXISTS (
+                   SELECT 1 FROM chat_members x WHERE x.channel_id = c.id AND x.user_id <> $1))""",
+            user, list(others)))
+
+    @staticmethod
+    async def channel_refs(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """{id: {id, kind, name}} of these channels."""
+        rows = await conn.fetch("SELECT id, kind, name FROM chat_channels WHERE id = ANY($1::text[])",
+                                list(ids))
+        return {r["id"]: dict(r) for r in rows}
+
+    @staticmethod
+    async def display_names(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, str]:
+        """{user id: display name} of these users."""
+        rows = await conn.fetch("SELECT id, display_name FROM chat_users WHERE id = ANY($1::text[])",
+                                list(ids))
+        return {r["id"]: r["display_name"] for r in rows}
+
+    # ---- messages --------------------------------------------------------------------
+
+    async def messages(self, conn: asyncpg.Connection, s: MessageSearch) -> MessageHits:
+        """A page of matching messages, newest first or by rank, with highlighted snippets;
+        raises SearchTimeout."""
+        if not s.channel_ids:
+            return MessageHits([], {}, 0, False, False)
+        try:
+            return await self._messages(conn, s)
+        except asyncpg.QueryCanceledError:
+            raise SearchTimeout from None
+
+    async def _messages(self, conn: asyncpg.Connection, s: MessageSearch) -> MessageHits:
+        sql = _Sql()
+        tsq = _match(sql, s)
+        where = _where(sql, s, tsq)
+        ranked = s.sort == "relevance" and bool(s.terms)
+        conditions = " AND ".join(where)
+        count_sql = f"SELECT count(*) FROM (SELECT 1 FROM chat_messages m WHERE {conditions} LIMIT {COUNT_CAP + 1}) AS c"  # noqa: S608
+        count_args = list(sql.args)
+        if ranked:
+            # Two stages: the newest RANK_CANDIDATES matches, then ranked among themselves.
+            page = (
+                f"""SELECT id FROM (
+                            SELECT m.id, ts_rank_cd(m.search_tsv, ({tsq})) AS rank
+                            FROM (SELECT m.id, m.search_tsv FROM chat_messages m
+                                  WHERE {' AND '.join(where)}
+                                  ORDER BY m.id DESC LIMIT {RANK_CANDIDATES}) AS m) AS ranked
+                        ORDER BY rank DESC, id DESC
+                        OFFSET {sql.p(s.offset, '::int')} LIMIT {sql.p(s.limit + 1, '::int')}""")  # noqa: S608
+        else:
+            if s.before_id is not None:
+                where.append(f"m.id < {sql.p(s.before_id, '::bigint')}")
+            page = (
+                f"""SELECT m.id FROM chat_messages m WHERE {' AND '.join(where)}
+                        ORDER BY m.id DESC LIMIT {sql.p(s.limit + 1, '::int')}""")  # noqa: S608
+        ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
+        has_more = len(ids) > s.limit
+        ids = ids[:s.limit]
+        rows: list[Row] = []
+        if ids:
+            # Headlines re-parse the text: only for the page's rows (a statement of its own,
+            # whose parameters are only the words and the ids).
+            hl = _Sql()
+            hl_tsq = _match(hl, s)
+            headline = "NULL::text"
+            if hl_tsq is not None:
+                options = (f"StartSel={START_MARK}, StopSel={STOP_MARK}, MaxWords=35, MinWords=15, "
+                           "ShortWord=2, MaxFragments=2, FragmentDelimiter=\" … \"")
+                clean = (f"chat_search_text(replace(replace(replace(m.text, '{START_MARK}', ''), "
+                         f"'{STOP_MARK}', ''), '{LT_MARK}', ''))")
+                headline = f"ts_headline({_EN}, {clean}, ({hl_tsq}), {hl.p(options, '::text')})"
+            ids_param = hl.p(ids, "::bigint[]")
+            rows = list(await conn.fetch(
+                f"""SELECT {_COLUMNS}, {headline} AS snippet
+                    FROM chat_messages m, (SELECT {ids_param} AS ids) AS page
+                    WHERE m.id = ANY(page.ids) ORDER BY array_position(page.ids, m.id)""",  # noqa: S608
+                *hl.args))
+        total = await conn.fetchval(count_sql, *count_args)
+        reactions = await ChatQueries(conn).reactions(ids) if ids else {}
+        return MessageHits(rows, reactions, min(total, COUNT_CAP), total > COUNT_CAP,
+                           has_more, ranked)
+
+    # ---- channels and people ---------------------------------------------------------
+
+    async def channels(self, conn: asyncpg.Connection, user: str, text: str, *, public: bool,
+                       limit: int) -> list[Row]:
+        """Public/private channels the user may see whose name contains ``text`` (or, with
+        pg_trgm, resembles it), prefix matches first; chat_channels + ``member_role``."""
+        needle = text.lower()
+        like = "%" + _like_escape(needle) + "%"
+        similar = "similarity(lower(ch.name), $2) > 0.3" if self.trigram else "false"
+        score = "similarity(lower(ch.name), $2)" if self.trigram else "0"
+        try:
+            return list(await conn.fetch(
+                f"""SELECT ch.*, m.role AS member_role FROM chat_channels ch
+                    LEFT JOIN chat_members m ON m.channel_id = ch.id AND m.user_id = $1
+                    WHERE ch.kind IN ('public', 'private')
+                      AND (m.user_id IS NOT NULL OR ($4 AND ch.kind = 'public'))
+                      AND (lower(ch.name) LIKE $3 OR {similar})
+                    ORDER BY starts_with(lower(ch.name), $2) DESC, {score} DESC, ch.name
+                    LIMIT $5""",  # noqa: S608 - constants and $n only
+                user, needle, like, public, limit))
+        except asyncpg.QueryCanceledError:
+            raise SearchTimeout from None
+
+    async def people(self, conn: asyncpg.Connection, text: str, *, limit: int) -> list[Row]:
+        """chat_users whose id or display name contains ``text`` (or resembles it, with
+        pg_trgm), prefix matches first."""
+        needle = text.lower()
+        like = "%" + _like_escape(needle) + "%"
+        doc = "(lower(u.id) || ' ' || lower(u.display_name))"
+        similar = f"word_similarity($1, {doc}) > 0.5" if self.trigram else "false"
+        score = f"word_similarity($1, {doc})" if self.trigram else "0"
+        try:
+            return list(await conn.fetch(
+                f"""SELECT u.id, u.display_name, u.title, u.role FROM chat_users u
+                    WHERE {doc} LIKE $2 OR {similar}
+                    ORDER BY (starts_with(lower(u.id), $1) OR starts_with(lower(u.display_name), $1)) DESC,
+                             {score} DESC, u.id
+                    LIMIT $3""",  # noqa: S608 - constants and $n only
+                needle, like, limit))
+        except asyncpg.QueryCanceledError:
+            raise SearchTimeout from None
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# ---- backfill ------------------------------------------------------------------------
+
+BACKFILL_BATCH = 5000
+"""Rows per backfill transaction: short enough that a send waits on no lock for long."""
+
+Progress = Callable[[str], Awaitable[None] | None]
+
+
+class SearchIndexer:
+    """Fill the search vectors of rows written before migration 0004, newest first, in
+    batches of BACKFILL_BATCH rows (each its own transaction: writers are never blocked
+    for longer than one batch's row locks), then build the search indexes CONCURRENTLY.
+    Idempotent and resumable: run it again after an interruption."""
+
+    def __init__(self, conn: asyncpg.Connection, progress: Progress | None = None) -> None:
+        self.conn = conn
+        self.progress = progress
+
+    async def _say(self, line: str) -> None:
+        log.info("%s", line)
+        if self.progress is not None:
+            result = self.progress(line)
+            if result is not None:
+                await result
+
+    async def missing_indexes(self) -> list[str]:
+        """Search indexes not built (or left invalid by an interrupted build)."""
+        rows = await self.conn.fetch(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = ANY($1::text[]) AND i.indisvalid", [n for n, _ in SEARCH_INDEXES])
+        built = {r["relname"] for r in rows}
+        return [n for n, _ in SEARCH_INDEXES if n not in built]
+
+    async def run(self, batch: int = BACKFILL_BATCH) -> int:
+        """Backfill and index; returns the number of rows whose vector was filled."""
+        has_column = await self.conn.fetchval(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_name = 'chat_messages' AND column_name = 'search_tsv'")
+        if not has_column:
+            return 0  # migration 0004 not applied: nothing to do
+        top = await self.conn.fetchval("SELECT coalesce(max(id), 0) FROM chat_messages")
+        filled = 0
+        high = top + 1
+        started = time.monotonic()
+        last_report = 0.0
+        while high > 1:
+            low = max(1, high - batch)
+            async with self.conn.transaction():
+                status = await self.conn.execute(
+                    """UPDATE chat_messages SET search_tsv = chat_search_vector(text)
+                       WHERE id >= $1 AND id < $2 AND search_tsv IS NULL AND NOT deleted""",
+                    low, high)
+            filled += int(status.split()[-1])
+            high = low
+            now = time.monotonic()
+            if now - last_report >= 2 or high <= 1:
+                last_report = now
+                done = (top + 1 - high) / max(top, 1)
+                await self._say(f"search backfill: {done:6.1%} of ids ({filled} rows filled, "
+                                f"{now - started:.0f} s)")
+        for name, definition in SEARCH_INDEXES:
+            if name not in await self.missing_indexes():
+                continue
+            await self.conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            await self._say(f"search index: building {name} (concurrently)")
+            began = time.monotonic()
+            await self.conn.execute(f"CREATE INDEX CONCURRENTLY {name} {definition}")
+            await self._say(f"search index: {name} built in {time.monotonic() - began:.1f} s")
+        return filled
