@@ -206,8 +206,16 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> None:
 
 async def _migrate(settings: Settings) -> list[str]:
     from storage.migrate import migrate
+    from storage.search import SearchIndexer
 
-    return await _on_database(settings, "nothing to migrate", migrate)
+    async def job(conn: Any) -> list[str]:
+        applied = await migrate(conn)
+        # Messages written before search existed: their vectors in batches and the search
+        # indexes built concurrently, saying how far it got (docs/search.md).
+        await SearchIndexer(conn, progress=lambda line: print(line, flush=True)).run()
+        return applied
+
+    return await _on_database(settings, "nothing to migrate", job)
 
 
 async def _on_database(settings: Settings, missing: str, job: Callable[[Any], Awaitable[Any]]) -> Any:

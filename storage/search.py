@@ -398,7 +398,9 @@ class SearchIndexer:
             "WHERE table_name = 'chat_messages' AND column_name = 'search_tsv'")
         if not has_column:
             return 0  # migration 0004 not applied: nothing to do
-        top = await self.conn.fetchval("SELECT coalesce(max(id), 0) FROM chat_messages")
+        pending = await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM chat_messages WHERE search_tsv IS NULL AND NOT deleted)")
+        top = await self.conn.fetchval("SELECT coalesce(max(id), 0) FROM chat_messages") if pending else 0
         filled = 0
         high = top + 1
         started = time.monotonic()
