@@ -468,3 +468,34 @@ async def test_search_users_prefix_substring_typo(chat: ChatEnv) -> None:
     await client.disconnect()
     r = await chat.http("GET", "/v1/search/users", alice, params={"q": "x" * 101})
     assert r.status == 400
+
+
+# ---- storage.search_dsn ----------------------------------------------------------------
+
+
+async def test_search_reads_from_search_dsn(chat: ChatEnv) -> None:
+    """A gateway whose storage.search_dsn names another connection target (here the same
+    database under another application_name, standing in for a replica) runs its searches
+    there, and everything else on postgres_dsn."""
+    from tests.conftest import start_server, stop_server
+    from tests.gateway.chat.conftest import chat_settings
+
+    marker = f"search_{secrets.token_hex(3)}"
+    srv = await start_server(chat_settings(chat.dsn, storage__search_dsn=f"{chat.dsn}?application_name={marker}"))
+    other = ChatEnv(srv, chat.dsn)
+    try:
+        alice = await other.user("alice")
+        cid = await channel(other, alice)
+        w = word()
+        await send(other, alice, cid, f"{w} through the replica")
+        assert await texts(other, alice, w) == [f"{w} through the replica"]
+        conn = await chat.db()
+        try:
+            names = {r["application_name"] for r in await conn.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()")}
+        finally:
+            await conn.close()
+        assert marker in names
+    finally:
+        await other.sdk.close()
+        await stop_server(srv)
