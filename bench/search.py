@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--readers", default="1,8", help="comma-separated reader counts")
     ap.add_argument("--dsn", help="an existing PostgreSQL (a database is created and dropped); "
                                   "default: an embedded one in a temporary directory")
+    ap.add_argument("--data-dir", help="embedded PostgreSQL data directory kept after the run; a corpus "
+                                       "already loaded there (same --messages) is reused, not reloaded")
+    ap.add_argument("--load-only", action="store_true", help="stop after loading and indexing")
     ap.add_argument("--json-out", help="result file (default bench/results/search-<timestamp>.json)")
     ap.add_argument("--quiet", action="store_true")
     return ap
@@ -345,18 +348,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         from storage.embedded import EmbeddedPostgres
 
-        tmp = tempfile.mkdtemp(prefix="bench-search-")
+        tmp = args.data_dir or tempfile.mkdtemp(prefix="bench-search-")
         embedded = EmbeddedPostgres(Path(tmp), settings=PG_SETTINGS)
         dsn = await embedded.start()
         result["postgres_settings"] = PG_SETTINGS
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            say(f"loading {args.messages:,} messages")
-            result["load"] = await load(conn, corpus, searchers, say)
+            loaded = await conn.fetchval("SELECT to_regclass('bench_search_loaded') IS NOT NULL")
+            if loaded:
+                result["load"] = json.loads(await conn.fetchval("SELECT facts FROM bench_search_loaded"))
+                if result["load"].get("messages") != args.messages:
+                    raise SystemExit(f"{tmp} holds another corpus; use another --data-dir")
+                say(f"reusing the {args.messages:,} messages loaded in {tmp}")
+            else:
+                say(f"loading {args.messages:,} messages")
+                result["load"] = await load(conn, corpus, searchers, say)
+                result["load"]["messages"] = args.messages
+                await conn.execute("CREATE TABLE bench_search_loaded (facts text)")
+                await conn.execute("INSERT INTO bench_search_loaded VALUES ($1)", json.dumps(result["load"]))
+            say(f"load: {json.dumps(result['load'])}")
             result["pg_version"] = await conn.fetchval("SHOW server_version")
         finally:
             await conn.close()
+        if args.load_only:
+            return result
         result["runs"] = []
         for readers in [int(r) for r in args.readers.split(",")]:
             say(f"queries with {readers} reader(s)")
@@ -383,7 +399,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await embedded.stop()
             import shutil
 
-            shutil.rmtree(tmp or "", ignore_errors=True)
+            if not args.data_dir:
+                shutil.rmtree(tmp or "", ignore_errors=True)
         elif args.dsn:
             admin = await asyncpg.connect(args.dsn)
             await admin.execute(f'DROP DATABASE IF EXISTS "bench_search_{os.getpid()}" WITH (FORCE)')

@@ -17,11 +17,12 @@ many channels or which words it is given, which measured 6 to 30 times slower
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import asyncpg
@@ -36,6 +37,13 @@ STATEMENT_TIMEOUT_MS = 5000
 """A search that has not answered in this long is cancelled (SearchTimeout)."""
 COUNT_CAP = 1000
 """Totals are exact up to here; beyond, the answer says "more than 1000"."""
+WALK_ABOVE_ESTIMATE = 5000
+"""Above this many estimated matches, a newest-first walk finds a page fastest."""
+WALK_BUDGET_MS = 250
+"""A walk that has not filled its page by then is abandoned for the exact path."""
+ID_TIME_MARGIN = timedelta(minutes=10)
+"""How far a send's created_at (its transaction's start) may precede its id's allocation."""
+
 RANK_CANDIDATES = 1000
 """Relevance ranks the newest this-many matches: ranking every match of a common word
 costs seconds (docs/search.md), and recent messages are what people look for."""
@@ -106,6 +114,7 @@ class MessageHits:
     total_more: bool
     has_more: bool
     ranked: bool = False
+    estimated: bool = False   # total is the planner's estimate (many matches)
 
 
 class _Sql:
@@ -266,6 +275,8 @@ class SearchStore:
         sql = _Sql()
         tsq = _match(sql, s)
         where = _where(sql, s, tsq)
+        if s.start is not None or s.end is not None:
+            where += await self._id_bounds(conn, sql, s)
         ranked = s.sort == "relevance" and bool(s.terms)
         conditions = " AND ".join(where)
         count_sql = f"SELECT count(*) FROM (SELECT 1 FROM chat_messages m WHERE {conditions} LIMIT {COUNT_CAP + 1}) AS c"  # noqa: S608
@@ -286,20 +297,42 @@ class SearchStore:
             page = (
                 f"""SELECT m.id FROM chat_messages m WHERE {' AND '.join(where)}
                         ORDER BY m.id DESC LIMIT {sql.p(s.limit + 1, '::int')}""")  # noqa: S608
-        # The plan is chosen per query, from the count (measured: no one plan serves every
-        # query). The count runs on bitmap scans only: a GIN bitmap of the words stops
-        # after COUNT_CAP + 1 readable matches, where the planner, misjudging a rare or
-        # absent word as frequent, would scan the table hoping for an early stop. Then a
-        # page of a small result (<= COUNT_CAP) is taken the same way and sorted; a large
-        # one walks the id index newest first, where matches come soon.
+        # The plan is chosen per query (measured: no one plan serves every query).
+        # - Many matches expected (the planner's estimate, which knows frequent words
+        #   well): walk ids newest first, where matches come soon; the total is the
+        #   estimate. The walk gets a time budget: when the estimate was wrong (phrases of
+        #   frequent words are overestimated), it is abandoned for the exact path.
+        # - Otherwise, exactly: count on bitmap scans only (a GIN bitmap of the words, stopping
+        #   after COUNT_CAP + 1 readable matches, where the planner, misjudging a rare or
+        #   absent word as frequent, would scan the table hoping for an early stop), then take
+        #   the page the same way and sort it.
+        ids: list[int] | None = None
+        total = 0
+        estimated = False
         if tsq is not None:
-            await conn.execute(_BITMAP_ONLY)
-        total = await conn.fetchval(count_sql, *count_args)
-        if tsq is not None and total > COUNT_CAP:
-            await conn.execute(_ANY_PLAN)
-        ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
-        if tsq is not None and total <= COUNT_CAP:
-            await conn.execute(_ANY_PLAN)
+            estimate = await self._estimate(conn, conditions, count_args)
+            if estimate > WALK_ABOVE_ESTIMATE:
+                try:
+                    async with conn.transaction():  # a savepoint: a cancelled walk is undone
+                        await conn.execute(f"SET LOCAL statement_timeout = {WALK_BUDGET_MS}")
+                        ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
+                except asyncpg.QueryCanceledError:
+                    ids = None
+                await conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                if ids is not None and (len(ids) > s.limit or s.before_id is not None or s.offset):
+                    total, estimated = estimate, True
+                elif ids is not None:
+                    total = len(ids)  # the whole result fits the page: exact
+            if ids is None:
+                await conn.execute(_BITMAP_ONLY)
+                total = await conn.fetchval(count_sql, *count_args)
+                if total > COUNT_CAP:
+                    await conn.execute(_ANY_PLAN)
+                ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
+                await conn.execute(_ANY_PLAN)
+        else:
+            total = await conn.fetchval(count_sql, *count_args)
+            ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
         has_more = len(ids) > s.limit
         ids = ids[:s.limit]
         rows: list[Row] = []
@@ -322,8 +355,36 @@ class SearchStore:
                     WHERE m.id = ANY(page.ids) ORDER BY array_position(page.ids, m.id)""",  # noqa: S608
                 *hl.args))
         reactions = await ChatQueries(conn).reactions(ids) if ids else {}
+        if estimated:
+            return MessageHits(rows, reactions, total, True, has_more, ranked, estimated=True)
         return MessageHits(rows, reactions, min(total, COUNT_CAP), total > COUNT_CAP,
                            has_more, ranked)
+
+    @staticmethod
+    async def _estimate(conn: asyncpg.Connection, conditions: str, args: list[object]) -> int:
+        """The planner's estimate of the matches (planning only, nothing runs)."""
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) SELECT 1 FROM chat_messages m WHERE {conditions}", *args)  # noqa: S608
+        return int(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+    @staticmethod
+    async def _id_bounds(conn: asyncpg.Connection, sql: _Sql, s: MessageSearch) -> list[str]:
+        """Id bounds equivalent to the date bounds, so a newest-first walk starts inside the
+        dates instead of at today. Ids grow with time except across sends in flight
+        together; the margin covers sends whose transaction took up to ID_TIME_MARGIN, and
+        the created_at conditions stay, so the bounds only narrow the walk."""
+        out = []
+        if s.start is not None:
+            low = await conn.fetchval(
+                "SELECT id FROM chat_messages WHERE created_at >= $1::timestamptz - $2::interval "
+                "ORDER BY created_at LIMIT 1", s.start, ID_TIME_MARGIN)
+            out.append(f"m.id >= {sql.p(low if low is not None else 2**62, '::bigint')}")
+        if s.end is not None:
+            high = await conn.fetchval(
+                "SELECT id FROM chat_messages WHERE created_at < $1::timestamptz + $2::interval "
+                "ORDER BY created_at DESC LIMIT 1", s.end, ID_TIME_MARGIN)
+            out.append(f"m.id <= {sql.p(high if high is not None else 0, '::bigint')}")
+        return out
 
     # ---- channels and people ---------------------------------------------------------
 

@@ -332,6 +332,8 @@ class SearchMessagesResult(msgspec.Struct):
     total: int
     total_more: bool
     next_cursor: str | None = None
+    # True when total is an estimate (many matches: counting them all costs too much).
+    total_estimated: bool = False
 
 
 class SearchChannelsResult(msgspec.Struct):

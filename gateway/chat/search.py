@@ -127,7 +127,7 @@ class SearchService:
             next_cursor = (f"v.{offset + len(hits)}" if found.ranked
                            else f"r.{hits[-1].message.id}")
         return s.SearchMessagesResult(hits=hits, total=found.total, total_more=found.total_more,
-                                      next_cursor=next_cursor)
+                                      next_cursor=next_cursor, total_estimated=found.estimated)
 
     async def _channels(self, conn: asyncpg.Connection, actor: Actor, query: Query) -> list[str]:
         """The channels to search: readable ones, narrowed to ``in:`` when given."""

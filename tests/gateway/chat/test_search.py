@@ -499,3 +499,35 @@ async def test_search_reads_from_search_dsn(chat: ChatEnv) -> None:
     finally:
         await other.sdk.close()
         await stop_server(srv)
+
+
+async def test_every_plan_path_gives_the_same_answer(chat: ChatEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact path (small results), the newest-first walk (many matches expected, total
+    estimated) and the walk abandoned past its time budget all return the same hits."""
+    import storage.search
+
+    alice = await chat.user("alice")
+    cid = await channel(chat, alice)
+    w = word()
+    for i in range(7):
+        await send(chat, alice, cid, f"{w} item {i} {'even' if i % 2 == 0 else 'odd'}")
+    queries = [(f"{w} even", {}), (f"{w}", {"limit": 3}), (f'"{w} item"', {}),
+               (f"{w} on:today", {}), (f"{w} odd", {"sort": "relevance"})]
+
+    async def answers() -> list[list[int]]:
+        out = []
+        for q, params in queries:
+            r = await search(chat, alice, q, **params)
+            assert r.status == 200, r.body
+            out.append([h["message"]["id"] for h in r.body["hits"]])
+        return out
+
+    exact = await answers()
+    monkeypatch.setattr(storage.search, "WALK_ABOVE_ESTIMATE", -1)
+    assert await answers() == exact
+    r = await search(chat, alice, w, limit=3)
+    assert r.body["total_estimated"] is True and r.body["next_cursor"]
+    r = await search(chat, alice, f"{w} even")
+    assert r.body["total"] == 4 and r.body["total_estimated"] is False  # one page: exact
+    monkeypatch.setattr(storage.search, "WALK_BUDGET_MS", 1)
+    assert await answers() == exact
