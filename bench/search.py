@@ -243,7 +243,10 @@ async def run_queries(dsn: str, corpus: Corpus, searchers: dict[str, list[str]],
     from storage.search import SearchStore
 
     store = await SearchStore.open(dsn, max(2, readers))
-    service = SearchService(store, ChatService._to_message, lambda *a: None)
+    def no_channels(*_: Any) -> s.Channel:
+        raise AssertionError("the bench searches messages only")
+
+    service = SearchService(store, ChatService._to_message, no_channels)
     rng = random.Random(seed)
     work: list[tuple[str, str, str]] = []
     for who, chs in searchers.items():
