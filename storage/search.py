@@ -37,7 +37,7 @@ COUNT_CAP = 1000
 """Totals are exact up to here; beyond, the answer says "more than 1000"."""
 WALK_ABOVE_ESTIMATE = 5000
 """Above this many estimated matches, a newest-first walk finds a page fastest."""
-WALK_BUDGET_MS = 250
+WALK_BUDGET_MS = 100
 """A walk that has not filled its page by then is abandoned for the exact path."""
 ID_TIME_MARGIN = timedelta(minutes=10)
 """How far a send's created_at (its transaction's start) may precede its id's allocation."""
