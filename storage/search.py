@@ -1,4 +1,4 @@
-"""Search over the chat tables (migration 0005_search.sql): every SQL statement of message,
+"""Search over the chat tables (migration 0007_search.sql): every SQL statement of message,
 channel and people search, and the batched backfill of the message search vectors.
 
 The service (gateway/chat/search.py) parses the user's query and decides which channels the
@@ -53,7 +53,7 @@ START_MARK, STOP_MARK = "\ue000", "\ue001"
 """Highlight markers: private-use characters, removed from the text before highlighting,
 so the service can escape the message's own markup and then turn these into tags."""
 LT_MARK = "\x01"
-"""Stands for "<" in the text given to the parser (chat_search_text, migration 0005)."""
+"""Stands for "<" in the text given to the parser (chat_search_text, migration 0007)."""
 
 # (index name, CREATE statement without CONCURRENTLY / IF NOT EXISTS) of the indexes the
 # migration builds on a small table and SearchIndexer builds concurrently on a big one.
@@ -456,7 +456,7 @@ Progress = Callable[[str], Awaitable[None] | None]
 
 
 class SearchIndexer:
-    """Fill the search vectors of rows written before migration 0005, newest first, in
+    """Fill the search vectors of rows written before migration 0007, newest first, in
     batches of BACKFILL_BATCH rows (each its own transaction: writers are never blocked
     for longer than one batch's row locks), then build the search indexes CONCURRENTLY.
     Idempotent and resumable: run it again after an interruption."""
@@ -486,7 +486,7 @@ class SearchIndexer:
             "SELECT 1 FROM information_schema.columns "
             "WHERE table_name = 'chat_messages' AND column_name = 'search_tsv'")
         if not has_column:
-            return 0  # migration 0005 not applied: nothing to do
+            return 0  # migration 0007 not applied: nothing to do
         pending = await self.conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM chat_messages WHERE search_tsv IS NULL AND NOT deleted)")
         top = await self.conn.fetchval("SELECT coalesce(max(id), 0) FROM chat_messages") if pending else 0

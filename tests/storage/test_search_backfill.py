@@ -1,4 +1,4 @@
-"""Migration 0005 (search) on a database that already holds messages: a small table is backfilled
+"""Migration 0007 (search) on a database that already holds messages: a small table is backfilled
 and indexed inside the migration; a big one (over 100,000 rows) gets its vectors in
 batches, each its own transaction, while writes go on, then its indexes CONCURRENTLY, with
 progress reported (what `sentchat migrate` prints)."""
@@ -17,11 +17,11 @@ ROWS = 100_500
 
 
 async def _before_search(dsn: str, tmp_path: Path) -> asyncpg.Connection:
-    """A database migrated up to (not including) 0005, the schema search was added to."""
+    """A database migrated up to (not including) 0007, the schema search was added to."""
     older = tmp_path / "older"
     older.mkdir()
     for f in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if f.name < "0005":
+        if f.name < "0007":
             shutil.copy(f, older / f.name)
     conn = await asyncpg.connect(dsn)
     await migrate(conn, older)
@@ -35,7 +35,7 @@ async def test_small_table_is_backfilled_inside_the_migration(empty_dsn: str, tm
         await conn.execute("""INSERT INTO chat_messages (channel_id, author_id, text)
                               VALUES ('c1', 'u', 'deploying the service'), ('c1', 'u', 'lunch')""")
         await conn.execute("UPDATE chat_messages SET deleted = true WHERE text = 'lunch'")
-        assert await migrate(conn) == ["0005_search"]
+        assert await migrate(conn) == ["0007_search"]
         rows = await conn.fetch("SELECT text, search_tsv::text AS v FROM chat_messages ORDER BY id")
         assert "'deploy'" in rows[0]["v"] and rows[1]["v"] is None
         assert await SearchIndexer(conn).missing_indexes() == []
@@ -52,7 +52,7 @@ async def test_big_table_is_backfilled_in_batches_while_writes_go_on(empty_dsn: 
             """INSERT INTO chat_messages (channel_id, author_id, text)
                SELECT 'c1', 'u', 'message number ' || g || CASE WHEN g % 1000 = 0 THEN ' zebra' ELSE '' END
                FROM generate_series(1, $1) AS g""", ROWS)
-        assert await migrate(conn) == ["0005_search"]
+        assert await migrate(conn) == ["0007_search"]
         # Too big to do inside the migration: nothing filled, no indexes yet.
         assert await conn.fetchval("SELECT count(*) FROM chat_messages WHERE search_tsv IS NOT NULL") == 0
         assert len(await SearchIndexer(conn).missing_indexes()) == len(SEARCH_INDEXES)
