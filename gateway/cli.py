@@ -103,7 +103,11 @@ def ensure_chat_key(settings: Settings) -> str | None:
             "chat fields cannot be read without it)")
 
 
-def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+def resolve_settings(args: argparse.Namespace, generate: bool = True) -> tuple[Settings, list[str]]:
+    """Settings from the config, environment and flags. Missing secrets are generated into
+    the data dir's secrets.json (``generate``) or, for commands that must sign with the
+    server's own key rather than a new one, refused with a message saying where they were
+    looked for."""
     overrides: dict[tuple[str, ...], Any] = {}
     if getattr(args, "host", None):
         overrides[("http", "host")] = args.host
@@ -121,6 +125,16 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     token = settings.client.token
     if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
             or token.jwks_public_endpoint) or (not settings.http_api.key and not settings.http_api.insecure):
+        path = Path(settings.storage.data_dir) / "secrets.json"
+        if not generate and not path.exists():
+            if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
+                    or token.jwks_public_endpoint):
+                raise ConfigError(
+                    f"config key client.token.hmac_secret_key: not set, and no secrets generated "
+                    f"by a server in {path.resolve()} — run this where the server runs, point "
+                    f"SENTCHAT_DATA_DIR at the server's data directory, or set "
+                    f"SENTCHAT_TOKEN_HMAC_SECRET to the server's secret")
+            return settings, warnings
         generated = _generated_secrets(Path(settings.storage.data_dir))
         if not (token.hmac_secret_key or token.rsa_public_key or token.ecdsa_public_key
                 or token.jwks_public_endpoint):
@@ -130,7 +144,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
             settings.http_api.key = generated["api_key"]
             warnings.append(f"no API key configured: using the generated key in {Path(settings.storage.data_dir) / 'secrets.json'}")
     # Only where the chat product runs: a plain gateway needs no key and writes none.
-    if settings.chat.enabled:
+    if settings.chat.enabled and generate:
         warning = ensure_chat_key(settings)
         if warning:
             warnings.append(warning)
@@ -304,7 +318,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     from gateway.auth import sign_token
 
     try:
-        settings, _ = resolve_settings(args)
+        # A token signed with a freshly invented secret is refused by the server with a
+        # bare "invalid token": never invent one here.
+        settings, _ = resolve_settings(args, generate=False)
     except ConfigError as exc:
         print(f"sentchat: {exc}", file=sys.stderr)
         return 2

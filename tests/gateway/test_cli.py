@@ -254,6 +254,16 @@ async def test_token_bad_info_json(tmp_path: Path) -> None:
     assert res.stdout == ""
 
 
+async def test_token_never_invents_a_secret(tmp_path: Path) -> None:
+    """Run away from the server's data dir, `token` refuses (saying where it looked and how
+    to point it at the server's secret) instead of signing with a new, useless secret."""
+    env = cli_env(tmp_path)
+    res = await run("token", "--user", "alice", env=env)
+    assert res.rc == 2 and res.stdout == ""
+    assert "secrets.json" in res.stderr and "SENTCHAT_TOKEN_HMAC_SECRET" in res.stderr
+    assert not list(tmp_path.rglob("secrets.json")), "nothing generated"
+
+
 async def test_token_requires_user(tmp_path: Path) -> None:
     res = await run("token", env=cli_env(tmp_path, SENTCHAT_TOKEN_HMAC_SECRET=SECRET))
     assert res.rc == 2
