@@ -463,8 +463,7 @@ class ChatService:
                 row = await q.archive(channel_id)
                 before, after, action = {"archived": False}, {"archived": True}, "channel.archive"
             else:
-                if not rbac.can_post(role, ch["archived"]):
-                    raise forbidden("only members of an active channel can set its topic")
+                _require_post(role, ch, "set its topic")
                 row = await q.set_topic(channel_id, topic)
                 before, after, action = {"topic": ch["topic"]}, {"topic": topic}, "channel.set_topic"
             seq = await q.audit(actor=actor.id, action=action, target=f"channel:{channel_id}",
@@ -524,8 +523,7 @@ class ChatService:
         parent = None
         async with self.db.write() as q:
             ch, role = await self._visible(q, actor, p.channel_id)
-            if not rbac.can_post(role, ch["archived"]):
-                raise forbidden("only members of an active channel can post")
+            _require_post(role, ch, "post")
             if p.thread_parent is not None:
                 parent = await q.message(p.thread_parent, lock=True)
                 if parent is None or parent["channel_id"] != p.channel_id or parent["deleted"]:
@@ -634,8 +632,7 @@ class ChatService:
             row, ch, role = await self._message(q, actor, p.message_id, lock=True)
             if not rbac.can_edit(actor.id, row["author_id"]):
                 raise forbidden("only the author can edit a message")
-            if not rbac.can_post(role, ch["archived"]):
-                raise forbidden("only members of an active channel can edit")
+            _require_post(role, ch, "edit")
             if row["deleted"]:
                 raise not_found("message")
             changed = row["text"] != p.text or set_blocks
@@ -749,7 +746,8 @@ class ChatService:
     async def _react(self, actor: Actor, p: s.Reaction, add: bool) -> s.Ok:
         async with self.db.write() as q:
             row, ch, role = await self._message(q, actor, p.message_id)
-            if not rbac.can_post(role, ch["archived"]) or row["deleted"]:
+            _require_post(role, ch, "react")
+            if row["deleted"]:
                 raise forbidden("only members of an active channel can react")
             if add:
                 changed = await q.add_reaction(p.message_id, actor.id, p.emoji)
@@ -777,7 +775,8 @@ class ChatService:
     async def _pin(self, actor: Actor, p: s.PinRef, add: bool) -> s.Ok:
         async with self.db.write() as q:
             row, ch, role = await self._message(q, actor, p.message_id)
-            if not rbac.can_post(role, ch["archived"]) or row["deleted"]:
+            _require_post(role, ch, "pin")
+            if row["deleted"]:
                 raise forbidden("only members of an active channel can pin")
             if add:
                 changed = await q.pin(ch["id"], p.message_id, actor.id)
@@ -900,3 +899,12 @@ class ChatService:
         for channel_id in channel_ids:
             await self.engine.control({"op": "unsubscribe", "user": user,
                                        "channel": self.channel_name(channel_id), "client": ""})
+
+
+def _require_post(role: str | None, ch: Any, action: str) -> None:
+    """Members may post (react, pin, edit, set the topic) in an active channel: 403 for a
+    non-member, the documented stable 409 ``archived`` for an archived channel."""
+    if not rbac.can_post(role, False):
+        raise forbidden(f"only members of an active channel can {action}")
+    if ch["archived"]:
+        raise conflict("archived", "the channel is archived")

@@ -161,6 +161,8 @@ async def test_channel_operations(chat: ChatEnv) -> None:
     archived = (await chat.ok("POST", f"/v1/channels/{cid}/archive", alice))["channel"]
     assert archived["archived"] is True
     error(await chat.http("POST", f"/v1/channels/{cid}/join", bob), 409, "archived")
+    # Members writing into an archived channel: 409 archived (403 is for non-members).
+    error(await chat.http("POST", f"/v1/channels/{cid}/messages", alice, {"text": "late"}), 409, "archived")
     assert cid not in {c["id"] for c in (await chat.ok("GET", "/v1/channels", alice))["channels"]}
     everything = await chat.ok("GET", "/v1/channels", alice, params={"include_archived": "true"})
     assert cid in {c["id"] for c in everything["channels"]}
