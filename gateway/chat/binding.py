@@ -125,18 +125,43 @@ def _handler(service: ChatService, op: Op) -> Callable[[Actor, Any], Awaitable[m
 
 def _decode(op: Op, data: bytes) -> s.Params:
     try:
-        return msgspec.json.decode(data or b"{}", type=op.params)
+        params = msgspec.json.decode(data or b"{}", type=op.params)
     except msgspec.ValidationError as exc:
         raise bad_request(str(exc)) from None
     except msgspec.DecodeError:
         raise bad_request("params must be a JSON object") from None
+    # JSON can carry NUL only as the escape; the walk runs only when it may be there.
+    if b"\\u0000" in data:
+        _refuse_nul(params)
+    return params
 
 
 def _convert(op: Op, fields: dict[str, Any]) -> s.Params:
+    _refuse_nul(fields)
     try:
         return msgspec.convert(fields, type=op.params, strict=False)
     except msgspec.ValidationError as exc:
         raise bad_request(str(exc)) from None
+
+
+def _refuse_nul(value: Any, path: str = "$") -> None:
+    """400 naming the first field holding a NUL character. PostgreSQL text cannot store
+    one: let through, it fails deep in a write as a 500 (and as a *temporary* RPC error
+    that SDKs retry forever)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise bad_request(f"Invalid value: NUL character not allowed - at `{path}`")
+        return
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            _refuse_nul(getattr(value, name), f"{path}.{name}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, f"{path} key")
+            _refuse_nul(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple | set | frozenset):
+        for i, item in enumerate(value):
+            _refuse_nul(item, f"{path}[{i}]")
 
 
 def _profile(engine: Engine, client: str) -> dict[str, Any] | None:
