@@ -20,7 +20,10 @@ Emoji = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 PageLimit = Annotated[int, Meta(ge=1, le=200)]
 ShortText = Annotated[str, Meta(max_length=100)]
-UnixTime = Annotated[int, Meta(ge=0, le=2**40)]
+# 9999-12-31T23:59:59Z: the last second Python's datetime (and so every time field of the
+# chat) can represent; beyond it a status write failed deep in the code as a 500.
+MAX_UNIX_TIME = 253_402_300_799
+UnixTime = Annotated[int, Meta(ge=0, le=MAX_UNIX_TIME)]
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -117,7 +120,9 @@ class ReadMark(Params):
 
 
 class SetStatus(Params):
-    """Fields left out stay as they are. ``*_until`` are Unix seconds (0 clears)."""
+    """Fields left out stay as they are. ``*_until`` are Unix seconds (0 clears). A new
+    ``text`` without ``until`` is a new status without an expiry: the previous status's
+    ``until`` (perhaps already past, which would hide the new text) does not carry over."""
 
     away: bool | None = None
     dnd_until: UnixTime | None = None

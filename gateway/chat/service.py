@@ -840,7 +840,8 @@ class ChatService:
             before = await q.status(target)
             await q.set_status(target, away=p.away, dnd_until=_from_unix(p.dnd_until), text=p.text,
                                emoji=p.emoji, until=_from_unix(p.until),
-                               set_dnd=p.dnd_until is not None, set_until=p.until is not None)
+                               set_dnd=p.dnd_until is not None,
+                               set_until=p.until is not None or p.text is not None)
             await q.audit(actor=actor.id, action="status.set", target=f"user:{target}",
                           before=msgspec.to_builtins(dict(before)) if before is not None else None,
                           after=msgspec.to_builtins(p))
