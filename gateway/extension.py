@@ -73,6 +73,10 @@ class Registration:
     """Provider name (a namespace's ``acl`` option) -> check."""
     on_user_online: OnlineListener | None = None
     on_committed: CommitListener | None = None
+    user_id_check: Callable[[str], str | None] | None = None
+    """A connection token's user id -> why this product cannot serve it (the connect is
+    refused with 3500 and the reason logged), or None. For products that store users by
+    id: a token minted with markup or 10,000 characters in ``sub`` must not create one."""
 
 
 @runtime_checkable

@@ -110,6 +110,7 @@ class Node:
         # Told (user, True) when a user's first connection on this node registers and
         # (user, False) after its last one closed here.
         self._online_listeners: tuple[OnlineListener, ...] = ()
+        self._user_id_checks: tuple[Callable[[str], str | None], ...] = ()
         # Told of each durable publication this node committed (empty on the hot path
         # unless an extension asked).
         self._commit_listeners: tuple[CommitListener, ...] = ()
@@ -167,6 +168,8 @@ class Node:
                                     key=lambda item: -len(item[0]))
         if reg.on_user_online is not None:
             self._online_listeners += (reg.on_user_online,)
+        if reg.user_id_check is not None:
+            self._user_id_checks += (reg.user_id_check,)
         if reg.on_committed is not None:
             self._commit_listeners += (reg.on_committed,)
 
@@ -290,7 +293,15 @@ class Node:
         try:
             if not verifier.configured:
                 raise InvalidToken("no token keys configured")
-            return await verifier.verify(token)
+            claims = await verifier.verify(token)
+            if kind == "connection" and self._user_id_checks:
+                user = claims.get(self.settings.client.token.user_id_claim or "sub")
+                if isinstance(user, str) and user:
+                    for check in self._user_id_checks:
+                        reason = check(user)
+                        if reason is not None:
+                            raise InvalidToken(f"user id {user[:40]!r}: {reason}")
+            return claims
         except (InvalidToken, TokenExpired) as exc:
             log.info("%s token refused for client %s from %s: %s", kind, conn.client_id or "-",
                      conn.peer, str(exc) or type(exc).__name__)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.chat.ids import user_id_problem
 from gateway.extension import Engine, Registration, RpcHandler
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ class ChatExtension:
             rpc_methods={name: self._rpc_stub(name) for name in methods},
             http_prefixes=prefixes,
             access_checks={ACCESS_PROVIDER: self._check_access},
-            on_user_online=self._online_changed)
+            on_user_online=self._online_changed,
+            user_id_check=user_id_problem)
 
     @property
     def engine(self) -> Engine:

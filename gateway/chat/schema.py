@@ -8,9 +8,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.chat.ids import USER_ID_MAX, USER_ID_PATTERN
+
 # ---- constrained scalars ------------------------------------------------------------
 
-UserId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=USER_ID_MAX, pattern=USER_ID_PATTERN)]
 ChannelId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 ChannelName = Annotated[str, Meta(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 MessageId = Annotated[int, Meta(ge=1, le=2**62)]

@@ -28,6 +28,7 @@ from centrifugo_bridge.channels import personal_channel
 from gateway.chat import directory, rbac, render
 from gateway.chat import schema as s
 from gateway.chat.errors import ChatError, bad_request, conflict, forbidden, not_found
+from gateway.chat.ids import user_id_problem
 from storage.chat import ChatQueries, ChatStore, NameTaken, Row
 
 if TYPE_CHECKING:
@@ -172,6 +173,12 @@ class ChatService:
         if not user:
             raise ChatError("unauthorized", "anonymous users cannot use the chat", 401)
         now = time.monotonic()
+        if user not in self._roles:
+            problem = user_id_problem(user)
+            if problem is not None:
+                # Never a user row for it; the reason goes to the log, not to the caller.
+                log.warning("chat refused the token's user id %r: %s", user[:40], problem)
+                raise ChatError("unauthorized", "the token's user id is not a valid chat user id", 401)
         cached = self._roles.get(user)
         if cached is not None and cached[0] > now:
             return Actor(user, cached[1])
