@@ -89,8 +89,12 @@ def parse_head(buf: bytes | bytearray, max_size: int) -> RequestHead | None:
         if not (cl.isascii() and cl.isdigit()):
             raise HttpError(400, "Malformed Content-Length")
         length = int(cl)
-    return RequestHead(method_b.decode("ascii"), path, dict(parse_qsl(qs)), version, headers,
-                       raw, length)
+    try:
+        # Strict: an invalid escape (%FF) is refused, not silently turned into U+FFFD.
+        query = dict(parse_qsl(qs, errors="strict"))
+    except UnicodeDecodeError:
+        raise HttpError(400, "Malformed query string: invalid percent-encoding") from None
+    return RequestHead(method_b.decode("ascii"), path, query, version, headers, raw, length)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",

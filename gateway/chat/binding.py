@@ -281,7 +281,11 @@ class ChatHttp:
                 raise bad_request("the body must be a JSON object")
             fields.update(decoded)
         for key, value in path_params.items():
-            text = unquote(value)
+            try:
+                # Strict: an invalid escape (%FF) is refused, not turned into U+FFFD.
+                text = unquote(value, errors="strict")
+            except UnicodeDecodeError:
+                raise bad_request(f"{key}: invalid percent-encoding in the path") from None
             if key in fields and str(fields[key]) != text:
                 raise bad_request(f"{key} in the body does not match the URL")
             fields[key] = text

@@ -184,3 +184,12 @@ def test_response() -> None:
     assert b"\r\nConnection: close\r\n" in out and b"\r\nWWW-Authenticate: apikey\r\n" in out
     assert out.endswith(b"Content-Length: 0\r\nConnection: close\r\nWWW-Authenticate: apikey\r\n\r\n")
     assert response(418, b"").startswith(b"HTTP/1.1 418 Unknown\r\n")
+
+
+def test_invalid_percent_encoding_in_the_query_is_400() -> None:
+    with pytest.raises(HttpError) as err:
+        parse_head(b"GET /v1/search/messages?q=%FF HTTP/1.1\r\nHost: x\r\n\r\n", 8192)
+    assert err.value.status == 400 and "percent-encoding" in str(err.value)
+    # A valid escape still decodes.
+    head = parse_head(b"GET /v1/x?q=caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", 8192)
+    assert head is not None and head.query == {"q": "café"}

@@ -46,3 +46,14 @@ async def test_nul_over_rpc_is_a_non_temporary_400(chat: ChatEnv) -> None:
         assert err.value.code == 400, (method, err.value)
         assert not err.value.temporary
         assert "NUL" in err.value.message
+
+
+async def test_invalid_percent_encoding_in_a_path_is_a_400(chat: ChatEnv) -> None:
+    alice = await chat.user("alice")
+    ch = (await chat.ok("POST", "/v1/channels", alice, {"name": f"pct-{alice}"}))["channel"]
+    msg = (await chat.ok("POST", f"/v1/channels/{ch['id']}/messages", alice, {"text": "x"}))["message"]
+    r = await chat.http("PUT", f"/v1/messages/{msg['id']}/reactions/%FF", alice)
+    assert r.status == 400 and "percent-encoding" in r.body["error"]["message"], r.body
+    # Nothing was stored under U+FFFD.
+    page = await chat.ok("GET", f"/v1/channels/{ch['id']}/messages", alice)
+    assert page["messages"][0]["reactions"] in ([], {}, None)
