@@ -182,6 +182,14 @@ class Node:
                 return handler
         return None
 
+    def is_fallback(self, path: str) -> bool:
+        """Whether ``path`` reaches only the fallback prefix (``/``: the web client), not a
+        prefix an extension registered for an API."""
+        for prefix, _ in self.http_prefixes:
+            if path.startswith(prefix):
+                return prefix == FALLBACK_PREFIX
+        return False
+
     def _user_online(self, user: str, online: bool) -> None:
         for listener in self._online_listeners:
             try:

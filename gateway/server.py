@@ -56,7 +56,7 @@ def origin_allowed(origin: str | None, host: str, allowed: list[str]) -> bool:
 class GatewayProtocol(asyncio.Protocol):
     """HTTP until a WebSocket upgrade, then a thin shim in front of a Connection."""
 
-    __slots__ = ("node", "api", "transport", "buf", "conn", "busy", "closing")
+    __slots__ = ("node", "api", "transport", "buf", "conn", "busy", "closing", "draining")
 
     def __init__(self, node: Node, api: ServerApi) -> None:
         self.node = node
@@ -66,6 +66,8 @@ class GatewayProtocol(asyncio.Protocol):
         self.conn: Connection | None = None
         self.busy = False
         self.closing = False
+        # Bytes of a refused body still to read and drop before closing (see _refuse_body).
+        self.draining = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream socket's transport (asyncio types the argument as the base class).
@@ -75,6 +77,11 @@ class GatewayProtocol(asyncio.Protocol):
         conn = self.conn
         if conn is not None:
             conn.data_received(data)
+            return
+        if self.draining:
+            self.draining -= min(self.draining, len(data))
+            if not self.draining and self.transport is not None:
+                self.transport.close()
             return
         self.buf += data
         if not self.busy:
@@ -101,7 +108,9 @@ class GatewayProtocol(asyncio.Protocol):
         try:
             head = parse_head(self.buf, settings.max_header_size)
         except HttpError as exc:
-            self._send(exc.status, exc.message.encode(), keep_alive=False)
+            # No parsed head: the request line (if any) still says which API it was for.
+            path = _target_of(self.buf)
+            self._send(*self._error(path, exc.status, exc.message), keep_alive=False)
             return
         if head is None:
             return
@@ -110,7 +119,8 @@ class GatewayProtocol(asyncio.Protocol):
             self._upgrade(head)
             return
         if head.content_length > settings.max_body_size:
-            self._send(413, b"Payload Too Large", keep_alive=False)
+            self._refuse_body(head, self._error(head.path, 413, "Payload Too Large: the body is "
+                                                f"over {settings.max_body_size} bytes"))
             return
         total = len(head.raw) + head.content_length
         if len(self.buf) < total:
@@ -151,12 +161,14 @@ class GatewayProtocol(asyncio.Protocol):
         if path.startswith(API_PREFIX):
             if path[len(API_PREFIX):] not in server_api.REQUESTS:
                 # Not a route at all: Centrifugo's mux answers 404 before method and key checks.
-                return 404, b"Not Found", text
+                return self._error(path, 404, f"Not Found: no server API method {path[len(API_PREFIX):]!r}")
             if head.method != "POST":
-                return 405, b"Method Not Allowed", text, {"Allow": "POST"}
+                return (*self._error(path, 405, "Method Not Allowed: the server API takes POST"),
+                        {"Allow": "POST"})
             api = self.node.settings.http_api
             if not authorized(head.headers, head.query, api.key, api.insecure):
-                return 401, b"", text
+                return self._error(path, 401, "Unauthorized: a valid API key is required "
+                                   "(X-API-Key or Authorization: apikey)")
             status, payload = await self.api.call(path[len(API_PREFIX):], body)
             return status, payload, "application/json" if status == 200 else text
         handler = self.node.http_handler(path)
@@ -179,6 +191,34 @@ class GatewayProtocol(asyncio.Protocol):
         if path == WEBSOCKET_PATH:
             return 400, b"WebSocket upgrade expected", text
         return 404, b"Not Found", text
+
+    def _refuse_body(self, head: RequestHead, answer: tuple[int, bytes, str]) -> None:
+        """Answer before the body arrives, then read and drop it (up to a bound and a time
+        limit) before closing: closing with unread data makes the kernel reset the
+        connection, and a client still sending sees the reset instead of the answer."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response(answer[0], answer[1], answer[2], False, None))
+        self.closing = True
+        pending = head.content_length - (len(self.buf) - len(head.raw))
+        self.buf.clear()
+        self.draining = min(max(pending, 0), DRAIN_LIMIT)
+        if not self.draining:
+            transport.close()
+            return
+        asyncio.get_running_loop().call_later(DRAIN_SECONDS, transport.close)
+
+    def _error(self, path: str, status: int, message: str) -> tuple[int, bytes, str]:
+        """An error answer in the shape of the API the path belongs to: the server API's
+        ``{"error": {"code": <int>, "message"}}``, an extension's ``{"error": {"code":
+        <slug>, "message"}}``, plain text elsewhere (health, metrics, the upgrade path)."""
+        if path.startswith(API_PREFIX):
+            return status, orjson.dumps({"error": {"code": status, "message": message}}), JSON_TYPE
+        if path and self.node.http_handler(path) is not None and not self.node.is_fallback(path):
+            slug = _SLUGS.get(status, "error")
+            return status, orjson.dumps({"error": {"code": slug, "message": message}}), JSON_TYPE
+        return status, message.encode(), "text/plain; charset=utf-8"
 
     def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
               keep_alive: bool = True, head_only: bool = False,
@@ -243,3 +283,25 @@ async def serve(node: Node, host: str, port: int, *, reuse_port: bool = False,
                                         backlog=backlog)
     return await loop.create_server(lambda: GatewayProtocol(node, api), host, port,
                                     reuse_port=reuse_port or None, backlog=backlog)
+
+
+JSON_TYPE = "application/json"
+# A refused body is read and dropped up to this many bytes / seconds before the connection
+# closes (so the client reads the 413 instead of a reset); past them it is cut.
+DRAIN_LIMIT = 64 * 1024 * 1024
+DRAIN_SECONDS = 5.0
+# Stable error codes of the HTTP layer's own answers, in the extensions' (snake_case) style.
+_SLUGS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          411: "length_required", 413: "payload_too_large", 431: "headers_too_large",
+          505: "http_version_not_supported"}
+
+
+def _target_of(buf: bytearray | bytes) -> str:
+    """The path of a request line at the start of ``buf`` (empty when there is none)."""
+    line = bytes(buf[:2048]).split(b"\r\n", 1)[0].split(b" ")
+    if len(line) >= 2:
+        try:
+            return line[1].decode("ascii").partition("?")[0]
+        except UnicodeDecodeError:
+            return ""
+    return ""
