@@ -71,6 +71,16 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Origins (fnmatch patterns, e.g. "https://*.example.com") whose pages may call /v1
     # from the browser (CORS); none by default: the web client is served from this origin.
     cors_origins: list[str] = []
+    # A request (head and body) must arrive whole within this from its first byte: a client
+    # sending a head or body byte by byte (slowloris) cannot hold a socket for minutes.
+    read_timeout: float = 30.0
+    # A keep-alive connection with no request in progress is closed after this.
+    idle_timeout: float = 75.0
+
+    def __post_init__(self) -> None:
+        for key in ("read_timeout", "idle_timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive")
 
 
 class HttpApiSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -306,7 +316,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 DURATION_KEYS = frozenset({
     "ping_interval", "pong_timeout", "stale_close_delay", "expired_close_delay",
     "expired_sub_close_delay", "history_ttl", "retention", "jwks_cache_ttl", "flush_interval",
-    "presence_ttl", "node_info_interval", "write_delay",
+    "presence_ttl", "node_info_interval", "write_delay", "read_timeout", "idle_timeout",
     # [integrations]
     "command_timeout", "signature_tolerance", "response_url_ttl", "event_backoff",
     "event_backoff_max", "event_timeout", "event_poll_interval", "unfurl_timeout",

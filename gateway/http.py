@@ -98,7 +98,8 @@ def parse_head(buf: bytes | bytearray, max_size: int) -> RequestHead | None:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
+            405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+            413: "Payload Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 

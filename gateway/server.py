@@ -56,7 +56,8 @@ def origin_allowed(origin: str | None, host: str, allowed: list[str]) -> bool:
 class GatewayProtocol(asyncio.Protocol):
     """HTTP until a WebSocket upgrade, then a thin shim in front of a Connection."""
 
-    __slots__ = ("node", "api", "transport", "buf", "conn", "busy", "closing", "draining")
+    __slots__ = ("node", "api", "transport", "buf", "conn", "busy", "closing", "draining",
+                 "timer")
 
     def __init__(self, node: Node, api: ServerApi) -> None:
         self.node = node
@@ -68,10 +69,37 @@ class GatewayProtocol(asyncio.Protocol):
         self.closing = False
         # Bytes of a refused body still to read and drop before closing (see _refuse_body).
         self.draining = 0
+        # http.read_timeout while a request is arriving, http.idle_timeout between requests;
+        # None once the socket is a WebSocket (its session has its own deadlines).
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream socket's transport (asyncio types the argument as the base class).
         self.transport = transport  # type: ignore[assignment]
+        self._arm(self.node.settings.http.read_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        """A request that did not arrive whole in time, or an idle keep-alive: close (a
+        request in progress first hears 408)."""
+        self.timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.conn is not None or self.busy:
+            return
+        if self.buf:
+            self._send(*self._error(_target_of(self.buf), 408, "Request Timeout: the request "
+                                    "did not arrive whole in time"), keep_alive=False)
+        else:
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -83,6 +111,9 @@ class GatewayProtocol(asyncio.Protocol):
             if not self.draining and self.transport is not None:
                 self.transport.close()
             return
+        if not self.buf and not self.busy:
+            # The first byte of a request: it has read_timeout to arrive whole.
+            self._arm(self.node.settings.http.read_timeout)
         self.buf += data
         if not self.busy:
             self._next_request()
@@ -97,6 +128,7 @@ class GatewayProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         if self.conn is not None:
             self.conn.connection_lost()
             self.conn = None
@@ -115,6 +147,7 @@ class GatewayProtocol(asyncio.Protocol):
         if head is None:
             return
         if head.path == WEBSOCKET_PATH and head.is_upgrade:
+            self._disarm()
             del self.buf[: len(head.raw)]
             self._upgrade(head)
             return
@@ -127,6 +160,7 @@ class GatewayProtocol(asyncio.Protocol):
             return
         body = bytes(self.buf[len(head.raw): total])
         del self.buf[:total]
+        self._disarm()  # the request is whole; the handler's time is not the client's
         self.busy = True
         asyncio.get_running_loop().create_task(self._handle(head, body))
 
@@ -148,6 +182,9 @@ class GatewayProtocol(asyncio.Protocol):
         self.busy = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            http = self.node.settings.http
+            # Pipelined bytes already here are a request arriving; otherwise the socket idles.
+            self._arm(http.read_timeout if self.buf else http.idle_timeout)
         if keep_alive and self.buf and not self.closing:
             self._next_request()
 
@@ -292,7 +329,8 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 DRAIN_SECONDS = 5.0
 # Stable error codes of the HTTP layer's own answers, in the extensions' (snake_case) style.
 _SLUGS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          411: "length_required", 413: "payload_too_large", 431: "headers_too_large",
+          408: "request_timeout", 411: "length_required", 413: "payload_too_large",
+          431: "headers_too_large",
           505: "http_version_not_supported"}
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
-from tests.conftest import API_KEY, Server
+from centrifuge import Client, ClientState
+
+from tests.conftest import API_KEY, SECRET, Server
 
 
 async def raw(srv: Server, request: bytes, body_chunks: int = 0, chunk: bytes = b"") -> tuple[int, dict[str, str], bytes]:
@@ -69,3 +72,48 @@ async def test_oversized_headers_on_an_api_path_are_json(server: Server) -> None
     # Outside the APIs: plain text as before.
     status, headers, body = await raw(server, req("GET", "/health", big))
     assert status == 431 and headers["content-type"].startswith("text/plain")
+
+
+async def test_slow_head_idle_keepalive_and_slow_body_are_closed(
+        make_server: Any) -> None:
+    """http.read_timeout bounds a request arriving byte by byte (head or body); an idle
+    keep-alive socket closes after http.idle_timeout; a WebSocket is not affected."""
+    srv = await make_server({"http_api": {"key": API_KEY},
+                             "http": {"read_timeout": "0.5s", "idle_timeout": "0.5s"}})
+    loop = asyncio.get_running_loop()
+
+    async def closed_after(writer_actions: list[bytes]) -> tuple[float, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        started = loop.time()
+        try:
+            for part in writer_actions:
+                writer.write(part)
+                await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        finally:
+            writer.close()
+        return loop.time() - started, data
+
+    # A head that never completes: 408, then closed.
+    _, data = await closed_after([b"GET /v1/channels HTTP/1.1\r\nHost: x\r\n"])
+    assert data.startswith(b"HTTP/1.1 408") and b"request_timeout" in data
+    # A body shorter than its Content-Length: 408 in the server API's shape.
+    _, data = await closed_after([b"POST /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}"])
+    assert data.startswith(b"HTTP/1.1 408") and b'"code":408' in data
+    # A keep-alive socket: one answer, then closed when idle (no second request).
+    _, data = await closed_after([f"POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\n"
+                                  f"Content-Length: 2\r\n\r\n{{}}".encode()])
+    assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1") == 1
+
+
+async def test_websocket_outlives_the_http_timeouts(make_server: Any) -> None:
+    srv = await make_server({"http_api": {"key": API_KEY}, "client": {"token": {"hmac_secret_key": SECRET}},
+                             "http": {"read_timeout": "0.3s", "idle_timeout": "0.3s"}})
+    client = Client(srv.ws_url, token=srv.token("alice"))
+    try:
+        await client.connect()
+        await asyncio.sleep(1.0)  # past both timeouts
+        assert client.state == ClientState.CONNECTED
+        assert len(srv.node.connections) == 1
+    finally:
+        await client.disconnect()
