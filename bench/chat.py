@@ -398,6 +398,97 @@ async def create_channel(gw: GatewayProcess, owner: str, name: str, members: lis
     return channel_id, time.perf_counter() - started
 
 
+class DeadEventsUrl:
+    """``--dead-app``'s events URL: a local HTTP server that answers Slack's
+    ``url_verification`` challenge once (so ``PATCH /v1/apps/{id}`` accepts the URL) and
+    then stops listening: every event delivery after it is refused, and the outbox retries
+    it with backoff until it is dead-lettered."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self.challenges = 0
+        self.stopped = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{self.port}/slack/events"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            body = orjson.loads(await reader.readexactly(length)) if length else {}
+            if isinstance(body, dict) and body.get("type") == "url_verification":
+                answer = orjson.dumps({"challenge": body.get("challenge")})
+                self.challenges += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                             + f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+            else:
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+        if self.challenges and not self.stopped.done():
+            self.stop()
+            self.stopped.set_result(None)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()  # stops listening: later connections are refused
+            self.server = None
+
+
+async def register_dead_app(gw: GatewayProcess, channel_id: str) -> tuple[str, DeadEventsUrl]:
+    """``--dead-app``: an app registered through ``POST /v1/apps`` (X-API-Key) in
+    ``channel_id`` (its bot joins it) for ``message`` events, its events URL set with
+    ``PATCH /v1/apps/{id}`` (the url_verification handshake), after which that URL stops
+    answering. Returns the app id and the (stopped) server."""
+    dead = DeadEventsUrl()
+    url = await dead.start()
+    http = HttpClient(gw.host, gw.port)
+    headers = {"X-API-Key": gw.api_key}
+    try:
+        status, body = await http.request("POST", "/v1/apps", headers, {
+            "name": "bench-dead-app", "channels": [channel_id], "events": ["message"]})
+        if status != 201:
+            raise RuntimeError(f"POST /v1/apps: {status} {body}")
+        app_id: str = body["app"]["id"]
+        status, body = await http.request("PATCH", f"/v1/apps/{app_id}", headers, {"events_url": url})
+        if status != 200:
+            raise RuntimeError(f"PATCH /v1/apps/{app_id} events_url: {status} {body}")
+        await asyncio.wait_for(dead.stopped, 5)
+    finally:
+        http.close()
+        dead.stop()
+    return app_id, dead
+
+
+async def outbox_states(dsn: str, app_id: str) -> dict[str, Any]:
+    """The app's ``integ_outbox`` rows by state, and the delivery attempts made."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """SELECT state, count(*) AS n, coalesce(sum(attempts), 0) AS attempts,
+                      max(last_error) AS last_error
+               FROM integ_outbox WHERE app_id = $1 GROUP BY state""", app_id)
+    finally:
+        await conn.close()
+    out: dict[str, Any] = {"pending": 0, "delivered": 0, "dead": 0, "attempts": 0, "last_error": ""}
+    for r in rows:
+        out[r["state"]] = r["n"]
+        out["attempts"] += r["attempts"]
+        out["last_error"] = out["last_error"] or r["last_error"] or ""
+    return out
+
+
 async def bulk_load(dsn: str, channel_id: str, count: int, authors: list[str]) -> dict[str, Any]:
     """``count`` messages into ``chat_messages`` straight in SQL (bypassing the service: no
     audit, no events), a reaction on every 20th, then ANALYZE. Ids come from the table's
@@ -614,6 +705,13 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         setup["channel_s"] = round(setup["channel_s"], 2)
         print(f"setup: channel {fan_id} with {args.members} members (create + invite x100) in "
               f"{setup['channel_s']} s", flush=True)
+        dead_app: str | None = None
+        if args.dead_app:
+            # Before the subscribers connect: the bot's member.joined is not in what they count.
+            dead_app, _ = await register_dead_app(gw, fan_id)
+            result["dead_app"] = {"app_id": dead_app, "events": ["message"], "channel": fan_id}
+            print(f"setup: app {dead_app} subscribed to message events of {fan_id} through POST /v1/apps; "
+                  f"its events URL passed url_verification and then stopped listening", flush=True)
         hist_id, _ = await create_channel(gw, members[0], "bench-history", members[:1])
         load = await bulk_load(dsn, hist_id, args.history, members[: min(50, len(members))])
         setup["bulk_load"] = load
@@ -709,6 +807,12 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
               f"of {r['cpu']['core_s_available']} core-s; sender schedule lag P99 "
               f"{r['schedule_lag_ms']['p99']:.2f} ms", flush=True)
 
+        if dead_app is not None:
+            result["dead_app"]["outbox_after_sends"] = ob = await outbox_states(dsn, dead_app)
+            print(f"  dead app outbox             {ob['pending']} pending, {ob['dead']} dead, "
+                  f"{ob['delivered']} delivered; {ob['attempts']} delivery attempts "
+                  f"(last error: {ob['last_error'][:80] or '-'})", flush=True)
+
         # Reads.
         lists = []
         for transport in ("rpc", "http"):
@@ -721,9 +825,15 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
                       f"({res['requests']} pages, {res['per_s']:.0f}/s; {kinds}; errors {res['errors'] or 0}, "
                       f"short pages {res['pages_checked']['wrong_size']})", flush=True)
         result["list"] = lists
+        if dead_app is not None:
+            result["dead_app"]["outbox_at_end"] = ob = await outbox_states(dsn, dead_app)
+            print(f"dead app outbox at the end: {ob['pending']} pending, {ob['dead']} dead, "
+                  f"{ob['delivered']} delivered; {ob['attempts']} delivery attempts", flush=True)
         n_problems, problems = gw.log_problems()
-        # Expected on the embedded defaults: a generated encryption key (not a problem).
-        expected = [p for p in problems if "no chat encryption key configured" in p]
+        # Expected on the embedded defaults: a generated encryption key (not a problem); with
+        # --dead-app, its events being dead-lettered.
+        expected = [p for p in problems if "no chat encryption key configured" in p
+                    or (dead_app is not None and f"for app {dead_app} dead-lettered" in p)]
         n_problems -= len(expected)
         problems = [p for p in problems if p not in expected]
         result["server_log"] = {"problem_lines": n_problems, "first": problems}
@@ -752,6 +862,11 @@ def summary(result: dict[str, Any]) -> str:
                      f"{fmt(s['ack_ms'])} -> target P95 < {TARGET_P95_MS:g} ms {'met' if ok else 'NOT met'}")
         lines.append(f"  fan-out delivery to {s['subscribers']:,} subscribers: {fmt(s['delivery_ms'])}; "
                      f"integrity {'OK' if s['integrity']['ok'] else 'FAILED'}")
+    d = result.get("dead_app")
+    if d and "outbox_after_sends" in d:
+        ob = d["outbox_after_sends"]
+        lines.append(f"  with a dead app subscribed to the channel's message events: outbox after the sends "
+                     f"{ob['pending']} pending, {ob['dead']} dead ({ob['attempts']} failed deliveries)")
     for r in result.get("list", []):
         ok = r["latency_ms"]["p95"] < TARGET_P95_MS
         lines.append(f"messages.list {r['transport'].upper()} x{r['concurrency']}, "
@@ -775,6 +890,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--list-concurrency", default="1,8",
                     help="comma-separated reader counts, one request in flight each (1,8)")
     ap.add_argument("--seed", type=int, default=1, help="random page positions (1)")
+    ap.add_argument("--dead-app", action="store_true",
+                    help="register an app (POST /v1/apps) subscribed to the fan-out channel's message events "
+                         "whose events URL answers url_verification and then stops: every event delivery "
+                         "fails (retries, backoff, dead letters) while the sends are measured")
     ap.add_argument("--dsn", help="use this PostgreSQL (creates database sentchat_bench_chat) instead of an "
                                   "embedded one under /tmp")
     ap.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
