@@ -244,8 +244,8 @@ class IntegrationHttp:
         parts = rest.split("/")
         if len(parts) == 2 and parts[0] == "r" and parts[1]:
             status, text, extra = await self.service.respond(parts[1], body, ctype)
-        elif len(parts) == 2 and re.fullmatch(r"H[0-9A-F]{12}", parts[0]) and parts[1]:
-            status, text, extra = await self.service.hook_post(parts[0], parts[1], body, ctype)
+        elif len(parts) == 1 and (m := _HOOK_ID.fullmatch(parts[0])) is not None:
+            status, text, extra = await self.service.hook_post(m["hook"], m["token"], body, ctype)
         else:
             return 404, b"no_service", TEXT
         return (status, text, TEXT, extra) if extra else (status, text, TEXT)
@@ -622,3 +622,7 @@ SLACK_METHODS: dict[str, SlackMethod] = {
 """The implemented Slack Web API methods (docs/integrations.md lists the rest as absent)."""
 
 __all__ = ["SLACK_METHODS", "IntegrationHttp"]
+
+
+# `/hooks/<id>`: the hook's public id, a dot, its secret token (URL-safe base64).
+_HOOK_ID = re.compile(r"(?P<hook>H[0-9A-F]{12})\.(?P<token>[A-Za-z0-9_-]{16,64})")

@@ -394,7 +394,9 @@ class IntegrationService:
             await q.join(channel_id, [app["bot_user_id"]])
             await q.audit(actor=admin.id, action="hook.create", target=f"app:{app_id}",
                           after={"hook_id": hook_id, "channel_id": channel_id})
-        url = f"{self.base_url(host)}{self.settings.hooks_prefix}{hook_id}/{token}"
+        # One path segment, `/hooks/<id>`: the id carries its secret (`H…` + "." + token),
+        # as Slack's and Mattermost's webhook URLs are themselves the credential.
+        url = f"{self.base_url(host)}{self.settings.hooks_prefix}{hook_id}.{token}"
         return {"hook": {"id": hook_id, "channel_id": channel_id, "url": url}}
 
     async def delete_hook(self, admin: Actor, app_id: str, hook_id: str) -> dict[str, Any]:
@@ -487,7 +489,7 @@ class IntegrationService:
     # ---- incoming webhooks ---------------------------------------------------------------
 
     async def hook_post(self, hook_id: str, token: str, body: bytes, content_type: str) -> tuple[int, bytes, dict[str, str]]:
-        """``POST /hooks/<id>/<token>``: Slack's incoming-webhook JSON (or a form with
+        """``POST /hooks/<id>`` (``<id>`` = hook id + "." + token): Slack's incoming-webhook JSON (or a form with
         ``payload=<json>``, as Mattermost also takes); answers as Slack does (``ok``, or
         an error word with 400/403/404/410/429)."""
         async with self.chat.db.read() as q:

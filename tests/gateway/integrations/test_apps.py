@@ -116,7 +116,8 @@ async def test_incoming_webhook_with_slack_sdk(integ: IntegEnv) -> None:
     replies = await integ.ok("GET", f"/v1/messages/{msg['id']}/replies", owner)
     assert replies["messages"][-1]["text"] == "update"
     # Slack's answers to bad requests.
-    bad_token = hook["url"].rsplit("/", 1)[0] + "/wrong"
+    assert hook["url"].count("/hooks/") == 1 and "/" not in hook["url"].split("/hooks/")[1]
+    bad_token = hook["url"].rsplit(".", 1)[0] + ".wrong-token-0123456789"
     assert (await asyncio.to_thread(WebhookClient(bad_token).send, text="x")).status_code == 403
     assert (await asyncio.to_thread(client.send_dict, {"text": ""})).body == "no_text"
     r = await asyncio.to_thread(client.send, text="x", blocks=[{"type": "video"}])
