@@ -339,7 +339,10 @@ class Session:
         # Centrifugo's tokenChannelsChanged: token-based server-side subscriptions cannot
         # change in place; reconnect (3010) to apply the new set.
         new_channels = frozenset(creds.subs or creds.channels)
-        if any(ch not in self.subs for ch in new_channels) or any(
+        # A channel of the previous grant is not new even when not subscribed: the access
+        # provider may have left it out at connect, and that must not disconnect at every
+        # refresh (3010, reconnect, left out again, forever).
+        if any(ch not in self.subs and ch not in self.token_channels for ch in new_channels) or any(
                 ch not in new_channels for ch in self.token_channels if ch in self.subs):
             raise DisconnectError(codes.INSUFFICIENT_STATE)
         result = RefreshResult(client=self.client_id, version=self.config.version)

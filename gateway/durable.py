@@ -177,7 +177,12 @@ class DurableStreams:
             raise codes.error(codes.UNRECOVERABLE_POSITION)
         if limit == 0:
             return StreamState(epoch=epoch, offset=top, publications=[])
-        rows = await store.history(channel, since_offset=since.offset if since is not None else None,
+        since_offset = since.offset if since is not None else None
+        if reverse:
+            # Newest first: start below the top in the query itself, so rows committed
+            # after the top was read do not take the limit's places (then dropped below).
+            since_offset = top + 1 if since_offset is None else min(since_offset, top + 1)
+        rows = await store.history(channel, since_offset=since_offset,
                                    limit=limit, reverse=reverse, max_age=retention or None)
         # One consistent cut: the top and the rows are two reads, and publications keep
         # committing between them. Rows past the top read first are left out — they are

@@ -91,6 +91,20 @@ class Hub(Generic[S]):
         if offset > 0:
             self._late.setdefault(channel, {})[sub] = (offset, time.monotonic() + LATE_WINDOW)
 
+    def sweep_covered(self) -> int:
+        """Drop covered-offset rules past their deadline on channels no publication reached
+        (only publish() looks at them otherwise); returns how many were dropped."""
+        now = time.monotonic()
+        dropped = 0
+        for channel, late in list(self._late.items()):
+            for sub, (_, deadline) in list(late.items()):
+                if now >= deadline:
+                    del late[sub]
+                    dropped += 1
+            if not late:
+                del self._late[channel]
+        return dropped
+
     def _already_covered(self, channel: str, late: dict[S, tuple[int, float]],
                          offset: int) -> set[S]:
         now = time.monotonic()

@@ -658,6 +658,8 @@ class Node:
         next_presence = time.monotonic() + presence_every
         while True:
             await asyncio.sleep(min(r.node_info_interval, presence_every))
+            # Covered-offset rules of quiet channels (no publication ended them) expire here.
+            self.hub.sweep_covered()
             try:
                 await self._announce(cluster)
             except ClientError as exc:
@@ -727,10 +729,17 @@ class Node:
             log.error("unknown control op %r", op)
 
     def shard_reset(self, channels: list[str]) -> None:
-        """A broker shard came back: what it published meanwhile never reached us. Local
-        subscribers are unsubscribed with 2500, so the SDKs resubscribe and recover."""
+        """What was published into ``channels`` meanwhile never reached us (a broker shard
+        came back, a gap history cannot fill). Client-side subscribers are unsubscribed
+        with 2500, so the SDKs resubscribe and recover; a server-side subscription cannot
+        be resubscribed by the SDK, so its connection is closed with 3010 and recovers it
+        in the reconnect's `connect` (as Centrifuge does)."""
         for channel in channels:
             for conn in list(self.hub.subscribers(channel)):
+                sub = conn.session.subs.get(channel)
+                if sub is not None and sub.server_side:
+                    conn.close(codes.INSUFFICIENT_STATE)
+                    continue
                 out = conn.session.server_unsubscribe(channel, *codes.UNSUBSCRIBE_INSUFFICIENT_STATE)
                 if out is not None:
                     payload, effect = out

@@ -32,14 +32,21 @@ MAX_HELD = 10_000
 Fetch = Callable[[str, int, int], Awaitable[list[Publication]]]
 
 
+# Reads of a gap that fail (PostgreSQL unreachable for a moment) are retried this many
+# times, GAP_WAIT apart, before the subscribers are told: one failed read must not send
+# every subscriber of a busy channel back to the database that just failed.
+FILL_RETRIES = 3
+
+
 class _Channel:
-    __slots__ = ("expected", "held", "timer", "filling")
+    __slots__ = ("expected", "held", "timer", "filling", "failures")
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.held: dict[int, Publication] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.filling = False
+        self.failures = 0
 
 
 class Reorder:
@@ -118,6 +125,13 @@ class Reorder:
             state.filling = False
         if self._channels.get(channel) is not state:
             return
+        if failed and state.failures < FILL_RETRIES:
+            state.failures += 1
+            if state.timer is None:
+                state.timer = asyncio.get_running_loop().call_later(
+                    GAP_WAIT * (2 ** state.failures), self._start_fill, channel)
+            return
+        state.failures = 0
         for pub in missing:
             if pub.offset >= state.expected:
                 state.held.setdefault(pub.offset, pub)

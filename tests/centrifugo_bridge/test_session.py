@@ -1555,3 +1555,17 @@ def test_server_api_subscribe_is_checked_by_the_provider(hc: Harness) -> None:
     hc.node.allowed.add(("club", "members:a", "alice"))
     assert drive(hc.session.server_subscribe("members:a", b"", b"", 0.0, None, None, hc.now), hc.node)
     assert "members:a" in hc.session.subs
+
+
+def test_refresh_keeps_a_connection_whose_granted_channel_the_provider_refused(h: Harness) -> None:
+    """A member kicked since the token was signed is left out of the channel at connect; the
+    same grant at refresh is not a change (no 3010 at every refresh)."""
+    h.node.allowed.add(("club", "members:ok", "alice"))
+    h.connect(channels=["members:ok", "members:kicked"])
+    assert sorted(h.session.subs) == ["members:ok"]
+    same = h.token("alice", channels=["members:ok", "members:kicked"])
+    assert h.call(refresh={"token": same}).error is None
+    # A channel in neither the old grant nor the subscriptions still needs a reconnect.
+    more = h.token("alice", channels=["members:ok", "members:kicked", "chat:new"])
+    assert disconnect_code(h.call, refresh={"token": more}) == 3010
+

@@ -81,3 +81,16 @@ def test_offset_zero_sets_no_rule() -> None:
     hub.add("c", sub, False)
     hub.covered("c", sub, 0)
     assert hub._late == {}
+
+
+def test_sweep_drops_expired_rules_of_quiet_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = Hub()
+    quiet, fresh = Sink(), Sink()
+    hub.add("quiet", quiet, False)
+    hub.add("fresh", fresh, False)
+    monkeypatch.setattr(hub_module, "LATE_WINDOW", -1.0)
+    hub.covered("quiet", quiet, 5)  # already past its deadline, and no publication comes
+    monkeypatch.setattr(hub_module, "LATE_WINDOW", 60.0)
+    hub.covered("fresh", fresh, 5)
+    assert hub.sweep_covered() == 1
+    assert list(hub._late) == ["fresh"]

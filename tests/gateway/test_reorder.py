@@ -76,9 +76,21 @@ async def test_gap_history_cannot_fill_tells_subscribers_instead_of_skipping() -
     assert r.delivered == [5]
 
 
-async def test_unreadable_history_is_a_lost_gap_too() -> None:
+async def test_unreadable_history_is_a_lost_gap_after_retries() -> None:
     r = Recorder(fail=True)
     r.reorder.seed("c", 1)
     r.reorder.push("c", pub(3))
     await settle()
+    assert r.lost == [], "one failed read does not send every subscriber back at once"
+    await asyncio.sleep(reorder.GAP_WAIT * (2 ** (reorder.FILL_RETRIES + 1)) + 0.2)
     assert r.delivered == [] and r.lost == ["c"]
+
+
+async def test_a_read_that_fails_once_is_retried() -> None:
+    r = Recorder(history={2: pub(2)}, fail=True)
+    r.reorder.seed("c", 1)
+    r.reorder.push("c", pub(3))
+    await settle()
+    r.fail = False  # the database is back
+    await asyncio.sleep(reorder.GAP_WAIT * 4 + 0.1)
+    assert r.delivered == [2, 3] and r.lost == []

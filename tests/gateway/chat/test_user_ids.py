@@ -11,10 +11,10 @@ import pytest
 from tests.gateway.chat.conftest import ChatEnv
 from tests.sdk import ClientEvents
 
-BAD = ["<img src=x onerror=alert(1)>", "u" * 10_000, "-leading-dash", "with space"]
+BAD = ["<img src=x onerror=alert(1)>", "u" * 10_000, "-leading-dash", "with space", "alice\n"]
 
 
-@pytest.mark.parametrize("user", BAD, ids=["markup", "10k", "dash", "space"])
+@pytest.mark.parametrize("user", BAD, ids=["markup", "10k", "dash", "space", "newline"])
 async def test_bad_user_id_is_refused_everywhere(chat: ChatEnv, user: str,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     token = chat.token(user)
@@ -26,8 +26,9 @@ async def test_bad_user_id_is_refused_everywhere(chat: ChatEnv, user: str,
         assert ctx.code == 3500
         r = await chat.http("GET", "/v1/me", headers={"Authorization": f"Bearer {token}"})
         assert r.status == 401 and r.body["error"]["code"] == "unauthorized"
-    assert any("token refused" in rec.getMessage() and "not a chat user id" in rec.getMessage()
-               or "longer than 64" in rec.getMessage() for rec in caplog.records)
+    assert any("token refused" in rec.getMessage()
+               and ("not a chat user id" in rec.getMessage() or "longer than 64" in rec.getMessage())
+               for rec in caplog.records)
     assert not any(user in rec.getMessage() for rec in caplog.records if len(user) > 40)
     conn = await chat.db()
     try:
