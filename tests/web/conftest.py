@@ -76,14 +76,24 @@ def idp() -> Iterator[Provider]:
 
 
 @pytest.fixture(scope="session")
-async def web(pg_dsn: str, chromium_path: str, idp: Provider) -> AsyncIterator[Server]:
+async def web_dsn(pg_dsn: str) -> AsyncIterator[str]:
+    """The database of the ``web`` gateway (tests bulk-load history into it)."""
+    dsn = await create_database(pg_dsn, "web")
+    try:
+        yield dsn
+    finally:
+        await drop_database(dsn)
+
+
+@pytest.fixture(scope="session")
+async def web(web_dsn: str, chromium_path: str, idp: Provider) -> AsyncIterator[Server]:
     """A chat gateway serving the built client, with local accounts and OIDC sign-in."""
     _build_client()
     if not AXE.is_file():
         pytest.skip("axe-core missing: run `npm ci --prefix tests/js`")
     static.reload()
     assert static.site().available
-    dsn = await create_database(pg_dsn, "web")
+    dsn = web_dsn
     srv = await start_server(chat_settings(dsn, auth__oidc__issuer=idp.issuer, auth__oidc__client_id=OIDC_CLIENT,
                                            auth__oidc__client_secret=OIDC_SECRET))
     idp.add_client(OIDC_CLIENT, OIDC_SECRET, [f"{srv.http_url}/"])
@@ -91,7 +101,6 @@ async def web(pg_dsn: str, chromium_path: str, idp: Provider) -> AsyncIterator[S
         yield srv
     finally:
         await stop_server(srv)
-        await drop_database(dsn)
 
 
 @pytest.fixture(scope="session")

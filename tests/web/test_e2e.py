@@ -19,15 +19,21 @@ from tests.web.conftest import AXE, SHOTS
 PASSWORD = "a long enough password"
 T = 15_000  # ms: each UI expectation
 
-# Every `new Notification(...)` is recorded; and a flag any injected script would set.
+# Every `new Notification(...)` is recorded (and kept, so a test can click it through its
+# `onclick`); and a flag any injected script would set.
 RECORD = """
 (() => {
   window.__notes = [];
+  window.__noteObjs = [];
   window.__xss = 0;
   const Real = window.Notification;
   if (!Real) return;
   class Recorded extends Real {
-    constructor(title, options) { super(title, options); window.__notes.push({title, body: options && options.body}); }
+    constructor(title, options) {
+      super(title, options);
+      window.__notes.push({title, body: options && options.body});
+      window.__noteObjs.push(this);
+    }
   }
   Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
   Recorded.requestPermission = (...a) => Real.requestPermission(...a);
@@ -52,8 +58,8 @@ async def api(srv: Server, method: str, path: str, user: str, body: Any = None) 
         return await resp.json()
 
 
-async def new_page(browser: Any, srv: Server) -> Any:
-    ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+async def new_page(browser: Any, srv: Server, **context: Any) -> Any:
+    ctx = await browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context})
     await ctx.grant_permissions(["notifications"], origin=srv.http_url)
     await ctx.add_init_script(RECORD)
     # Injected by the browser's automation channel, which the page's CSP does not govern.
@@ -61,6 +67,18 @@ async def new_page(browser: Any, srv: Server) -> Any:
     page = await ctx.new_page()
     page.csp_errors = []  # type: ignore[attr-defined]
     page.on("console", lambda m: "Content Security Policy" in m.text and page.csp_errors.append(m.text))
+    return page
+
+
+async def sign_in(browser: Any, srv: Server, uid: str, name: str, **context: Any) -> Any:
+    """A new page of a new context, signed in as a new local account through its invitation."""
+    token = await invite(srv, uid, name)
+    page = await new_page(browser, srv, **context)
+    await page.goto(f"{srv.http_url}/#/invite?token={token}")
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
+    await page.get_by_label("Repeat the password").fill(PASSWORD)
+    await page.get_by_role("button", name="Set password and sign in").click()
+    await page.locator("nav.sidebar").wait_for(state="attached", timeout=T)
     return page
 
 

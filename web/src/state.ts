@@ -10,9 +10,19 @@ import type { Channel, Member, Message, MessagePage, UnreadCount, User } from ".
 export interface ChannelView {
   messages: Message[]; // the timeline, ascending ids, each id once
   hasMore: boolean; // older messages exist on the server
+  /** Newer messages exist on the server than the newest held (trimmed while scrolling
+   *  back, or a window opened around an older message): live messages are not appended
+   *  (that would leave a gap) but kept in `early` until paging forward reaches the end. */
+  hasNewer: boolean;
+  catching: boolean; // a read up to the newest is in flight: live messages wait in `early` too
+  early: Message[];
   loaded: boolean;
   loading: boolean;
   readAtOpen: number; // my last-read id when the channel was opened: the "new messages" line
+  /** A message to scroll to and highlight (a clicked notification); `seq` changes per request. */
+  focus: { id: number; seq: number } | null;
+  /** Changes when the list must go to its bottom (jump to latest). */
+  bottomSeq: number;
 }
 
 export type ConnState = "connecting" | "connected" | "reconnecting" | "offline";
@@ -21,6 +31,7 @@ export type ConnState = "connecting" | "connected" | "reconnecting" | "offline";
  *  memory (reloaded when scrolling forward) so a long scroll-back stays bounded. */
 export const MAX_KEPT = 3000;
 const PAGE = 50;
+const EARLY_MAX = 1000; // live messages buffered while the newest ones are not held
 
 type Listener = () => void;
 
@@ -34,6 +45,7 @@ export class Store {
   users = new Map<string, User>();
   active: string | null = null;
   openThread: number | null = null;
+  highlight: number | null = null; // the message a clicked notification pointed at
   error: string | null = null;
   notifyPermission: NotificationPermission | "unsupported" =
     typeof Notification === "undefined" ? "unsupported" : Notification.permission;
@@ -44,6 +56,8 @@ export class Store {
   private statusSubs = new Map<string, Subscription>();
   private readTimers = new Map<string, number>();
   private scheduled = false;
+  private focusSeq = 0;
+  private highlightTimer = 0;
 
   subscribe(fn: Listener): () => void {
     this.listeners.add(fn);
@@ -162,7 +176,8 @@ export class Store {
     let view = this.views.get(id);
     const readAt = this.unread.get(id)?.last_read_id ?? 0;
     if (!view) {
-      view = { messages: [], hasMore: true, loaded: false, loading: false, readAtOpen: readAt };
+      view = { messages: [], hasMore: true, hasNewer: false, catching: false, early: [], loaded: false, loading: false,
+        readAtOpen: readAt, focus: null, bottomSeq: 0 };
       this.views.set(id, view);
     } else {
       view.readAtOpen = readAt;
@@ -172,19 +187,114 @@ export class Store {
     this.markRead();
   }
 
+  /** The newest page, replacing what is held (first open, or "jump to latest"). Live
+   *  messages that arrive while it is read are buffered and added after it. */
   private async loadLatest(id: string): Promise<void> {
     const view = this.views.get(id)!;
     view.loading = true;
+    view.catching = true;
+    view.early = [];
     try {
       const page = await api<MessagePage>("GET", `/v1/channels/${id}/messages`, undefined, { limit: PAGE });
+      view.messages = [];
       for (const m of page.messages) this.put(view, m);
       view.hasMore = page.has_more;
       view.loaded = true;
       for (const m of page.messages) void this.user(m.author_id);
     } finally {
+      this.reachedEnd(view);
       view.loading = false;
       this.changed();
     }
+  }
+
+  /** Paging forward reached the newest message: live messages go to the list again. */
+  private reachedEnd(view: ChannelView): void {
+    view.hasNewer = false;
+    view.catching = false;
+    for (const m of view.early) this.put(view, m);
+    view.early = [];
+  }
+
+  /** Newer messages when scrolling forward after the newest ones were trimmed; the
+   *  oldest are trimmed in turn so the list stays within MAX_KEPT. */
+  async loadNewer(id: string): Promise<number> {
+    const view = this.views.get(id);
+    if (!view || view.loading || !view.hasNewer || !view.messages.length) return 0;
+    view.loading = true;
+    // Only live messages that arrive after this read began can be missing from its answer.
+    view.early = [];
+    view.catching = true;
+    try {
+      const last = view.messages[view.messages.length - 1].id;
+      const page = await api<MessagePage>("GET", `/v1/channels/${id}/messages`, undefined, { limit: PAGE, after: last });
+      view.messages = [...view.messages, ...page.messages.filter((m) => m.id > last)];
+      if (!page.has_more) this.reachedEnd(view);
+      if (view.messages.length > MAX_KEPT) {
+        view.messages = view.messages.slice(view.messages.length - MAX_KEPT);
+        view.hasMore = true;
+      }
+      for (const m of page.messages) void this.user(m.author_id);
+      return page.messages.length;
+    } finally {
+      view.catching = false;
+      view.loading = false;
+      this.changed();
+    }
+  }
+
+  /** "Jump to latest": back to the newest messages, reloading them if they were trimmed. */
+  async jumpToLatest(id: string): Promise<void> {
+    const view = this.views.get(id);
+    if (!view) return;
+    view.bottomSeq++;
+    view.focus = null;
+    while (view.loading) await new Promise((r) => setTimeout(r, 20));
+    if (view.hasNewer) {
+      view.messages = [];
+      view.hasNewer = false;
+      await this.loadLatest(id);
+    }
+    this.changed();
+    this.markRead();
+  }
+
+  /** Open a channel at one message (a clicked notification): scrolled to and highlighted;
+   *  when it is not held, a window of messages around it is read in its place. */
+  async openAt(channelId: string, messageId: number): Promise<void> {
+    await this.open(channelId);
+    const view = this.views.get(channelId);
+    if (!view) return;
+    if (!view.messages.some((m) => m.id === messageId)) {
+      while (view.loading) await new Promise((r) => setTimeout(r, 20));
+      view.loading = true;
+      view.catching = true;
+      view.early = [];
+      try {
+        const base = `/v1/channels/${channelId}/messages`;
+        const [older, newer] = await Promise.all([
+          api<MessagePage>("GET", base, undefined, { limit: PAGE, before: messageId + 1 }),
+          api<MessagePage>("GET", base, undefined, { limit: PAGE, after: messageId }),
+        ]);
+        view.messages = [];
+        for (const m of [...older.messages, ...newer.messages]) this.put(view, m);
+        view.hasMore = older.has_more;
+        view.hasNewer = true;
+        if (!newer.has_more) this.reachedEnd(view);
+        for (const m of view.messages) void this.user(m.author_id);
+      } finally {
+        view.catching = false;
+        view.loading = false;
+      }
+    }
+    view.focus = { id: messageId, seq: ++this.focusSeq };
+    this.highlight = messageId;
+    window.clearTimeout(this.highlightTimer);
+    this.highlightTimer = window.setTimeout(() => {
+      if (this.highlight === messageId) this.highlight = null;
+      this.changed();
+    }, 8000);
+    this.changed();
   }
 
   /** Older messages for infinite scroll; returns how many were added. */
@@ -197,7 +307,11 @@ export class Store {
         { limit: PAGE, before: view.messages[0].id });
       view.messages = [...page.messages.filter((m) => m.id < view.messages[0].id), ...view.messages];
       view.hasMore = page.has_more;
-      if (view.messages.length > MAX_KEPT) view.messages = view.messages.slice(0, MAX_KEPT);
+      if (view.messages.length > MAX_KEPT) {
+        // The newest are dropped from memory; scrolling forward pages them back in.
+        view.messages = view.messages.slice(0, MAX_KEPT);
+        view.hasNewer = true;
+      }
       for (const m of page.messages) void this.user(m.author_id);
       return page.messages.length;
     } finally {
@@ -209,7 +323,8 @@ export class Store {
   /** After a recovery the stream could not serve: every timeline message after the newest held. */
   private async catchUp(id: string): Promise<void> {
     const view = this.views.get(id);
-    if (!view?.loaded) {
+    if (!view?.loaded || view.hasNewer) {
+      // Not held up to the newest: paging forward reads them when the reader gets there.
       void this.loadUnread();
       return;
     }
@@ -221,6 +336,18 @@ export class Store {
       if (!page.has_more) break;
     }
     void this.loadUnread();
+  }
+
+  /** A live new message for a channel's view: into the list, or into the buffer while the
+   *  newest messages are not held. Whether it was not known before. */
+  private take(view: ChannelView, m: Message): boolean {
+    const known = view.messages.some((x) => x.id === m.id) || view.early.some((x) => x.id === m.id);
+    if (!view.hasNewer && !view.catching) this.put(view, m);
+    else if (!known) {
+      view.early.push(m);
+      if (view.early.length > EARLY_MAX) view.early.shift();
+    }
+    return !known;
   }
 
   /** Insert or update one message, keeping ids ascending and each id once; an older
@@ -247,10 +374,8 @@ export class Store {
       case "message.created": {
         const m = ev.message as Message;
         void this.user(m.author_id);
-        if (view?.loaded) {
-          const isNew = !view.messages.some((x) => x.id === m.id);
-          this.put(view, m);
-          if (isNew) this.countUnread(channelId, m);
+        if (view && (view.loaded || view.loading)) {
+          if (this.take(view, m)) this.countUnread(channelId, m);
         } else this.countUnread(channelId, m);
         break;
       }
@@ -264,7 +389,7 @@ export class Store {
             this.put(view, { ...parent, reply_count: ev.reply_count as number,
               reply_users: ev.reply_users as string[], last_reply_at: ev.last_reply_at as number });
           }
-          if (m.also_to_channel && view.loaded) this.put(view, m);
+          if (m.also_to_channel && (view.loaded || view.loading)) this.take(view, m);
         }
         const thread = this.threads.get(parentId);
         if (thread && !thread.some((x) => x.id === m.id)) thread.push(m);
@@ -275,6 +400,8 @@ export class Store {
         if (view) {
           const old = view.messages.find((x) => x.id === m.id);
           if (old) this.put(view, m);
+          const j = view.early.findIndex((x) => x.id === m.id);
+          if (j >= 0 && view.early[j].version <= m.version) view.early[j] = m;
         }
         this.patchThreads(m.id, () => m);
         break;
@@ -352,6 +479,7 @@ export class Store {
     this.readTimers.set(id, window.setTimeout(() => {
       this.readTimers.delete(id);
       const view = this.views.get(id);
+      if (view?.hasNewer) return; // the newest are not on screen: nothing new was read
       const last = view?.messages.length ? view.messages[view.messages.length - 1].id : 0;
       const u = this.unread.get(id);
       if (!last || (u && u.last_read_id >= last && !u.unread)) return;
@@ -403,8 +531,15 @@ export class Store {
     const n = new Notification(`${from} ${kind} ${where}`, { body: String(ev.text ?? ""), tag: `m${String(ev.message_id)}` });
     n.onclick = () => {
       window.focus();
-      void this.open(channelId).then(() => {
-        if (ev.thread_parent) void this.showThread(ev.thread_parent as number);
+      // The message itself: a thread reply is shown in its thread, next to its parent.
+      const parent = ev.thread_parent as number | undefined;
+      const id = Number(ev.message_id);
+      void this.openAt(channelId, parent || id).then(() => {
+        if (parent) {
+          void this.showThread(parent);
+          this.highlight = id;
+          this.changed();
+        }
       });
       n.close();
     };
@@ -440,7 +575,14 @@ export class Store {
     const res = await api<{ message: Message }>("POST", `/v1/channels/${channelId}/messages`, body);
     // Shown at once; the stream's copy of the same id replaces it, never duplicates it.
     const view = this.views.get(channelId);
-    if (!threadParent && view?.loaded) this.put(view, res.message);
+    if (!threadParent && view?.loaded) {
+      // What I send is shown at the bottom: back to the newest first if they were trimmed.
+      if (view.hasNewer) void this.jumpToLatest(channelId);
+      else {
+        this.put(view, res.message);
+        view.bottomSeq++;
+      }
+    }
     if (threadParent) {
       const t = this.threads.get(threadParent);
       if (t && !t.some((x) => x.id === res.message.id)) t.push(res.message);

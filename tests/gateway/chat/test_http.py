@@ -205,7 +205,7 @@ async def test_message_operations(chat: ChatEnv) -> None:
     older = await chat.ok("GET", f"/v1/channels/{cid}/messages", bob, params={"before": str(second["id"])})
     assert [m["id"] for m in older["messages"]] == [msg["id"]] and older["has_more"] is False
     newer = await chat.ok("GET", f"/v1/channels/{cid}/messages", bob, params={"after": str(msg["id"])})
-    assert [m["id"] for m in newer["messages"]] == [second["id"]]
+    assert [m["id"] for m in newer["messages"]] == [second["id"]] and newer["has_more"] is False
 
     edited = await chat.http("PATCH", f"/v1/messages/{msg['id']}", alice, {"text": "hello again"})
     assert edited.status == 200 and edited.body["message"]["version"] == 2

@@ -66,9 +66,12 @@ export function ChannelPane() {
         </div>
       </header>
       <div class="pane-body">
-        {view && !view.loaded && <p class="dim center">Loading messages…</p>}
+        {view && (!view.loaded || (view.loading && !messages.length)) && <p class="dim center">Loading messages…</p>}
         <VirtualList key={channel.id} rows={rows} label={`Messages in ${title}`}
-          onNearTop={() => void store.loadOlder(channel.id)} onAtBottom={() => store.markRead()} />
+          hasNewer={view?.hasNewer ?? false} bottomSeq={view?.bottomSeq ?? 0}
+          focus={view?.focus ? { key: `m${view.focus.id}`, seq: view.focus.seq } : null}
+          onNearTop={() => void store.loadOlder(channel.id)} onNearBottom={() => void store.loadNewer(channel.id)}
+          onAtBottom={() => store.markRead()} onJump={() => void store.jumpToLatest(channel.id)} />
         {panel === "members" && <MembersPanel channelId={channel.id} onClose={() => setPanel(null)} />}
       </div>
       <Composer channel={channel} label={`Message ${title}`} />

@@ -26,10 +26,10 @@ export function MessageItem({ m, inThread }: { m: Message; inThread?: boolean })
   const fail = (e: unknown) => setError(e instanceof ApiError ? e.message : String(e));
 
   if (m.deleted) {
-    return <article class="msg deleted" data-message={m.id}><p class="dim">This message was deleted.</p></article>;
+    return <article class={"msg deleted" + (store.highlight === m.id ? " highlight" : "")} data-message={m.id}><p class="dim">This message was deleted.</p></article>;
   }
   return (
-    <article class="msg" data-message={m.id} aria-label={`${store.name(m.author_id)} at ${time(m.created_at)}`}>
+    <article class={"msg" + (store.highlight === m.id ? " highlight" : "")} data-message={m.id} aria-label={`${store.name(m.author_id)} at ${time(m.created_at)}`}>
       <header>
         <PresenceDot user={m.author_id} />
         <strong class="author">{store.name(m.author_id)}</strong>
