@@ -240,6 +240,8 @@ class IntegrationHttp:
         rest = head.path[len(self.settings.hooks_prefix):]
         if head.method != "POST":
             return 405, b"method_not_allowed", TEXT, {"Allow": "POST"}
+        if _body_has_nul(body):
+            return 400, b"invalid_payload", TEXT
         ctype = head.headers.get("content-type", "application/json")
         parts = rest.split("/")
         if len(parts) == 2 and parts[0] == "r" and parts[1]:
@@ -272,6 +274,10 @@ class IntegrationHttp:
                 args.update(data)
             else:
                 args.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if _has_nul(args):
+            # PostgreSQL text cannot hold NUL: refused here, never a 500 deep in a write.
+            return _slack({"ok": False, "error": "invalid_arguments",
+                           "detail": "NUL character not allowed"}, 400)
         token = head.headers.get("authorization", "").partition(" ")[2].strip() or str(args.pop("token", ""))
         args.pop("token", None)
         if not token:
@@ -626,3 +632,32 @@ __all__ = ["SLACK_METHODS", "IntegrationHttp"]
 
 # `/hooks/<id>`: the hook's public id, a dot, its secret token (URL-safe base64).
 _HOOK_ID = re.compile(r"(?P<hook>H[0-9A-F]{12})\.(?P<token>[A-Za-z0-9_-]{16,64})")
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a decoded JSON / form value holds a NUL character anywhere."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _body_has_nul(body: bytes) -> bool:
+    """A webhook body (JSON, or a form whose ``payload`` is JSON) holding NUL. The cheap
+    byte test comes first: JSON carries NUL only as the escape (``\\u0000``, inside a form
+    ``%5Cu0000``), a form field as ``%00``."""
+    if b"u0000" not in body and b"%00" not in body and b"\x00" not in body:
+        return False
+    try:
+        return _has_nul(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if _has_nul(form):
+            return True
+        try:
+            return _has_nul(orjson.loads(form.get("payload", "null")))
+        except orjson.JSONDecodeError:
+            return False

@@ -245,3 +245,26 @@ async def test_cli_manages_apps_through_the_api(integ: IntegEnv, capsys: pytest.
     assert await asyncio.to_thread(run, [*base, "list"]) == 0
     assert app_id in capsys.readouterr().out
     assert await asyncio.to_thread(run, ["--url", integ.srv.http_url, "--api-key", "wrong", "list"]) == 1
+
+
+async def test_nul_in_webhook_and_web_api_is_a_400(integ: IntegEnv) -> None:
+    """PostgreSQL text cannot hold NUL: a webhook or Web API call carrying one is refused
+    in Slack's terms (400), never a 500, and nothing is posted."""
+    import aiohttp
+
+    owner = await integ.user("own")
+    ch = await integ.channel(owner)
+    created = await integ.app("Nul", channels=[ch])
+    hook = (await integ.admin("POST", f"/v1/apps/{created['app']['id']}/hooks", {"channel_id": ch})).body["hook"]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(hook["url"], json={"text": "a\u0000b"}) as resp:
+            assert resp.status == 400 and await resp.text() == "invalid_payload"
+        async with http.post(hook["url"], data={"payload": '{"text": "a\\u0000b"}'}) as resp:
+            assert resp.status == 400
+        async with http.post(f"{integ.slack_api}chat.postMessage", json={"channel": ch, "text": "a\u0000b"},
+                             headers={"Authorization": f"Bearer {created['bot_token']}"}) as resp:
+            body = await resp.json()
+            assert resp.status == 400 and body == {"ok": False, "error": "invalid_arguments",
+                                                   "detail": "NUL character not allowed"}
+    page = await integ.ok("GET", f"/v1/channels/{ch}/messages", owner)
+    assert not any("\u0000" in (m.get("text") or "") for m in page["messages"])
