@@ -43,6 +43,14 @@ SHORT_WALK_ABOVE_ESTIMATE = 100
 SHORT_WALK_BUDGET_MS = 30
 """Between 100 and WALK_ABOVE_ESTIMATE estimated matches the estimate is least reliable
 (phrases are underestimated 4-10x): a short walk first, then the exact path."""
+WALK_ROWS_PER_MS = 2000
+"""Messages a newest-first walk reads per millisecond (measured 2,000-5,000 on this machine's
+2 cores: docs/search.md); a walk expected to read more than its budget allows is not tried."""
+PHRASE_UNDERESTIMATE = 4
+"""The planner underestimates a phrase's matches 4-10x (docs/search.md)."""
+SORT_ALL_BELOW_ESTIMATE = 20_000
+"""After a walk ran out of time, the exact path sorts every readable match for the newest
+COUNT_CAP + 1 in one statement, unless the planner expects more than this many."""
 ID_TIME_MARGIN = timedelta(minutes=10)
 """How far a send's created_at (its transaction's start) may precede its id's allocation."""
 
@@ -283,11 +291,15 @@ class SearchStore:
         sql = _Sql()
         tsq = _match(sql, s)
         where = _where(sql, s, tsq)
+        id_range: tuple[int | None, int | None] = (None, None)
         if s.start is not None or s.end is not None:
-            where += await self._id_bounds(conn, sql, s)
+            bounds, id_range = await self._id_bounds(conn, sql, s)
+            where += bounds
         ranked = s.sort == "relevance" and bool(s.terms)
         conditions = " AND ".join(where)
         count_sql = f"SELECT count(*) FROM (SELECT 1 FROM chat_messages m WHERE {conditions} LIMIT {COUNT_CAP + 1}) AS c"  # noqa: S608
+        ids_sql = f"SELECT m.id FROM chat_messages m WHERE {conditions} LIMIT {COUNT_CAP + 1}"  # noqa: S608
+        newest_sql = f"{ids_sql.removesuffix(f' LIMIT {COUNT_CAP + 1}')} ORDER BY m.id DESC LIMIT {COUNT_CAP + 1}"
         count_args = list(sql.args)
         if ranked:
             # Two stages: the newest RANK_CANDIDATES matches, then ranked among themselves.
@@ -310,12 +322,19 @@ class SearchStore:
         #   page fills fast when matches are many; the total is then an estimate. The walk
         #   has a time budget (longer when many are expected; none for a handful), because
         #   estimates fail both ways: an absent word looks frequent, a phrase of frequent
-        #   words looks 4-10x rarer than it is.
-        # - Otherwise, or when the walk ran out of time: count exactly on bitmap scans only
-        #   (a GIN bitmap of the words, stopping after COUNT_CAP + 1 readable matches, where
-        #   the planner, misjudging a rare or absent word as frequent, would scan the table
-        #   hoping for an early stop); take a small result's page from the bitmap and sort
-        #   it, and a large one's by a walk after all.
+        #   words looks 4-10x rarer than it is. A walk reads every message of the id range,
+        #   readable or not, so one that would read more than its budget allows even if the
+        #   estimate is right (matches sparse among the messages: a member of few channels,
+        #   a prefix of a rarer word) is not tried.
+        # - Otherwise, or when the walk ran out of time: the exact path, on bitmap scans
+        #   only (a GIN bitmap of the words; the planner, misjudging a rare or absent word as
+        #   frequent, would otherwise scan the table hoping for an early stop). One
+        #   statement fetches the matches' ids: the newest COUNT_CAP + 1 when they are
+        #   sparse (it visits every readable match to sort them), else any COUNT_CAP + 1 (it
+        #   stops there). When that is all of them it is the total and the page at once
+        #   (each bitmap statement builds the searcher's channel bitmap again: 430,000 rows
+        #   for a member of 50 channels at 10M messages); many after all: a walk for the
+        #   page, with a budget, then the bitmap sorted.
         ids: list[int] | None = None
         total = 0
         estimated = False
@@ -323,14 +342,17 @@ class SearchStore:
             estimate = await self._estimate(conn, conditions, count_args)
             budget = (WALK_BUDGET_MS if estimate > WALK_ABOVE_ESTIMATE
                       else SHORT_WALK_BUDGET_MS if estimate > SHORT_WALK_ABOVE_ESTIMATE else 0)
+            # How many messages a walk would read to fill the page, if the estimate is
+            # right (phrases: at least PHRASE_UNDERESTIMATE times more matches): a walk
+            # reads every message of the id range, readable or not, newest first.
+            expected = estimate * (PHRASE_UNDERESTIMATE if any(
+                t.kind == "phrase" for t in s.terms) else 1)
+            walk_rows = (s.limit + 1) * await self._span(conn, id_range) / max(expected, 1)
+            sparse = not ranked and walk_rows > (budget or WALK_BUDGET_MS) * WALK_ROWS_PER_MS
+            if sparse:
+                budget = 0  # it would run out of time: the exact path directly
             if budget:
-                try:
-                    async with conn.transaction():  # a savepoint: a cancelled walk is undone
-                        await conn.execute(f"SET LOCAL statement_timeout = {budget}; {_WALK_ONLY}")
-                        ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
-                except asyncpg.QueryCanceledError:
-                    ids = None
-                await conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}; {_ANY_PLAN}")
+                ids = await self._walk(conn, page, sql.args, budget)
                 if ids is not None and (len(ids) > s.limit or s.before_id is not None or s.offset):
                     # A full page came fast: there are many; the estimate can only be low.
                     total, estimated = max(estimate, len(ids)), True
@@ -338,11 +360,29 @@ class SearchStore:
                     total = len(ids)  # the whole result fits the page: exact
             if ids is None:
                 await conn.execute(_BITMAP_ONLY)
-                total = await conn.fetchval(count_sql, *count_args)
-                # Many after all: walk for the page (a bitmap would fetch every match).
-                if total > COUNT_CAP:
-                    await conn.execute(_WALK_ONLY)
-                ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
+                if ranked:
+                    total = await conn.fetchval(count_sql, *count_args)
+                else:
+                    # The matches' ids themselves, so that the count is also the page, in
+                    # one statement. After a walk ran out of time the matches are sparse
+                    # among the messages: the newest COUNT_CAP + 1 (the bitmap visits every
+                    # readable match to sort them); otherwise any COUNT_CAP + 1 (it stops
+                    # there), all of them when there are no more.
+                    sparse = (sparse or bool(budget)) \
+                        and expected <= SORT_ALL_BELOW_ESTIMATE
+                    found = sorted((r["id"] for r in await conn.fetch(
+                        newest_sql if sparse else ids_sql, *count_args)), reverse=True)
+                    total = len(found)
+                    below = [i for i in found if s.before_id is None or i < s.before_id]
+                    if total <= COUNT_CAP or (sparse and len(below) > s.limit):
+                        ids = below[:s.limit + 1]
+                if ids is None and total > COUNT_CAP and not budget and not sparse:
+                    # Many, though few were expected: a walk finds a page fastest unless
+                    # they are sparse among the messages (then the bitmap below).
+                    ids = await self._walk(conn, page, sql.args, WALK_BUDGET_MS)
+                if ids is None:
+                    await conn.execute(_BITMAP_ONLY)
+                    ids = [r["id"] for r in await conn.fetch(page, *sql.args)]
                 await conn.execute(_ANY_PLAN)
         else:
             total = await conn.fetchval(count_sql, *count_args)
@@ -375,6 +415,32 @@ class SearchStore:
                            has_more, ranked)
 
     @staticmethod
+    async def _walk(conn: asyncpg.Connection, page: str, args: list[object],
+                    budget_ms: int) -> list[int] | None:
+        """The page's ids by a newest-first walk, None when it ran past ``budget_ms``."""
+        ids: list[int] | None
+        try:
+            async with conn.transaction():  # a savepoint: a cancelled walk is undone
+                await conn.execute(f"SET LOCAL statement_timeout = {budget_ms}; {_WALK_ONLY}")
+                ids = [r["id"] for r in await conn.fetch(page, *args)]
+        except asyncpg.QueryCanceledError:
+            ids = None
+        await conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}; {_ANY_PLAN}")
+        return ids
+
+    @staticmethod
+    async def _span(conn: asyncpg.Connection, id_range: tuple[int | None, int | None]) -> float:
+        """About how many messages lie in the id range (ids come from one sequence)."""
+        rows = float(await conn.fetchval(
+            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'chat_messages'::regclass"))
+        low, high = id_range
+        if low is not None or high is not None:
+            top = high if high is not None else await conn.fetchval(
+                "SELECT coalesce(max(id), 0) FROM chat_messages")
+            rows = min(rows, max(top - (low or 0) + 1, 0))
+        return rows
+
+    @staticmethod
     async def _estimate(conn: asyncpg.Connection, conditions: str, args: list[object]) -> int:
         """The planner's estimate of the matches (planning only, nothing runs)."""
         plan = await conn.fetchval(
@@ -382,12 +448,14 @@ class SearchStore:
         return int(json.loads(plan)[0]["Plan"]["Plan Rows"])
 
     @staticmethod
-    async def _id_bounds(conn: asyncpg.Connection, sql: _Sql, s: MessageSearch) -> list[str]:
+    async def _id_bounds(conn: asyncpg.Connection, sql: _Sql,
+                         s: MessageSearch) -> tuple[list[str], tuple[int | None, int | None]]:
         """Id bounds equivalent to the date bounds, so a newest-first walk starts inside the
         dates instead of at today. Ids grow with time except across sends in flight
         together; the margin covers sends whose transaction took up to ID_TIME_MARGIN, and
         the created_at conditions stay, so the bounds only narrow the walk."""
         out = []
+        low = high = None
         if s.start is not None:
             low = await conn.fetchval(
                 "SELECT id FROM chat_messages WHERE created_at >= $1::timestamptz - $2::interval "
@@ -398,7 +466,7 @@ class SearchStore:
                 "SELECT id FROM chat_messages WHERE created_at < $1::timestamptz + $2::interval "
                 "ORDER BY created_at DESC LIMIT 1", s.end, ID_TIME_MARGIN)
             out.append(f"m.id <= {sql.p(high if high is not None else 0, '::bigint')}")
-        return out
+        return out, (low, high)
 
     # ---- channels and people ---------------------------------------------------------
 
