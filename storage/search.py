@@ -430,14 +430,16 @@ class SearchStore:
 
     @staticmethod
     async def _span(conn: asyncpg.Connection, id_range: tuple[int | None, int | None]) -> float:
-        """About how many messages lie in the id range (ids come from one sequence)."""
+        """About how many messages lie in the id range (ids come from one sequence, so the
+        highest id bounds the count where the table was never analyzed)."""
         rows = float(await conn.fetchval(
-            "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'chat_messages'::regclass"))
+            "SELECT reltuples FROM pg_class WHERE oid = 'chat_messages'::regclass"))
         low, high = id_range
-        if low is not None or high is not None:
+        if rows < 0 or low is not None or high is not None:
             top = high if high is not None else await conn.fetchval(
                 "SELECT coalesce(max(id), 0) FROM chat_messages")
-            rows = min(rows, max(top - (low or 0) + 1, 0))
+            span = max(top - (low or 0) + 1, 0)
+            rows = span if rows < 0 else min(rows, span)
         return rows
 
     @staticmethod

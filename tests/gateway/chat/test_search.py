@@ -531,3 +531,46 @@ async def test_every_plan_path_gives_the_same_answer(chat: ChatEnv, monkeypatch:
     assert r.body["total"] == 4 and r.body["total_estimated"] is False  # one page: exact
     monkeypatch.setattr(storage.search, "WALK_BUDGET_MS", 1)
     assert await answers() == exact
+
+
+@pytest.mark.parametrize("patch", [
+    {},                                                    # the exact path
+    {"WALK_ABOVE_ESTIMATE": -1},                           # a walk fills the page
+    {"WALK_ABOVE_ESTIMATE": -1, "WALK_BUDGET_MS": 1},      # the walk runs out of time
+    {"WALK_ROWS_PER_MS": 1e-9},                            # sparse: no walk, newest sorted
+    {"WALK_ROWS_PER_MS": 1e-9, "SORT_ALL_BELOW_ESTIMATE": -1},  # sparse but many expected
+], ids=["exact", "walk", "walk-timeout", "sparse", "sparse-many"])
+@pytest.mark.parametrize("cap", [1000, 4])
+async def test_every_plan_path_pages_the_same(chat: ChatEnv, monkeypatch: pytest.MonkeyPatch,
+                                              patch: dict[str, float], cap: int) -> None:
+    """Paging through every hit with the cursor gives the same ids, newest first, on every
+    plan path, with a result under the count cap and over it (a cap of 4: "more than")."""
+    import storage.search
+
+    alice = await chat.user("alice")
+    cid = await channel(chat, alice)
+    other = await channel(chat, alice)
+    w = word()
+    sent = []
+    for i in range(9):
+        sent.append((await send(chat, alice, cid if i % 3 else other, f"{w} item {i}"))["id"])
+        await send(chat, alice, cid, f"unrelated {i}")
+    monkeypatch.setattr(storage.search, "COUNT_CAP", cap)
+    for name, value in patch.items():
+        monkeypatch.setattr(storage.search, name, value)
+    for q in (w, w[:-1], f'"{w} item"'):   # a word, a prefix while typing, a phrase
+        seen: list[int] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            r = await search(chat, alice, q, **params)
+            assert r.status == 200, r.body
+            if not seen and not r.body["total_estimated"]:
+                assert r.body["total"] == min(9, cap) and r.body["total_more"] == (cap < 9)
+            seen += [h["message"]["id"] for h in r.body["hits"]]
+            cursor = r.body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == sorted(sent, reverse=True), (q, patch, cap)
