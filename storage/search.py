@@ -53,8 +53,9 @@ at 10M) stays exact; at 16 MB it turned lossy and the heap recheck read 6x the p
 PHRASE_UNDERESTIMATE = 4
 """The planner underestimates a phrase's matches 4-10x (docs/search.md)."""
 SORT_ALL_BELOW_ESTIMATE = 20_000
-"""After a walk ran out of time, the exact path sorts every readable match for the newest
-COUNT_CAP + 1 in one statement, unless the planner expects more than this many."""
+"""After a walk ran out of time or was not tried (matches sparse), the exact path sorts every
+readable match for the newest COUNT_CAP + 1 in one statement, unless the planner expects
+more than this many (then it counts up to COUNT_CAP + 1 and stops)."""
 ID_TIME_MARGIN = timedelta(minutes=10)
 """How far a send's created_at (its transaction's start) may precede its id's allocation."""
 
