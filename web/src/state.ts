@@ -297,6 +297,17 @@ export class Store {
     this.changed();
   }
 
+  /** Open a message where it lives (a clicked notification or search hit): a thread reply
+   *  is shown in its thread, next to its parent in the channel. */
+  async openMessage(channelId: string, id: number, parent?: number | null): Promise<void> {
+    await this.openAt(channelId, parent || id);
+    if (parent) {
+      void this.showThread(parent);
+      this.highlight = id;
+      this.changed();
+    }
+  }
+
   /** Older messages for infinite scroll; returns how many were added. */
   async loadOlder(id: string): Promise<number> {
     const view = this.views.get(id);
@@ -532,15 +543,7 @@ export class Store {
     n.onclick = () => {
       window.focus();
       // The message itself: a thread reply is shown in its thread, next to its parent.
-      const parent = ev.thread_parent as number | undefined;
-      const id = Number(ev.message_id);
-      void this.openAt(channelId, parent || id).then(() => {
-        if (parent) {
-          void this.showThread(parent);
-          this.highlight = id;
-          this.changed();
-        }
-      });
+      void this.openMessage(channelId, Number(ev.message_id), ev.thread_parent as number | undefined);
       n.close();
     };
   }
