@@ -155,6 +155,13 @@ class ChatSettings(msgspec.Struct, forbid_unknown_fields=True):
     encryption_keys: dict[str, str] = {}
     # The id new values are encrypted under; required when encryption_keys is set.
     encryption_key_id: str = ""
+    # Message search stems words in this language (one of PostgreSQL's Snowball stemmers:
+    # english, german, french, spanish, ...); changing it re-indexes in the background.
+    search_language: str = "english"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z]{2,32}", self.search_language):
+            raise ValueError("search_language must be a language name such as english, german")
 
 
 class IntegrationSettings(msgspec.Struct, forbid_unknown_fields=True):

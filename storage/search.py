@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -554,6 +555,53 @@ class SearchIndexer:
             "WHERE c.relname = ANY($1::text[]) AND i.indisvalid", [n for n, _ in SEARCH_INDEXES])
         built = {r["relname"] for r in rows}
         return [n for n, _ in SEARCH_INDEXES if n not in built]
+
+    async def set_language(self, language: str, batch: int = BACKFILL_BATCH) -> int:
+        """Make ``sentchat_english`` (the stemming configuration; named before the language
+        was a setting) stem in ``language`` and re-index every message in batches, newest
+        first; returns the rows re-indexed (0 when it already stems in ``language``).
+        One process does it at a time (an advisory lock); the others see it done.
+        ValueError when PostgreSQL has no Snowball stemmer for ``language``."""
+        stemmer = f"{language}_stem"
+        if not re.fullmatch(r"[a-z]{2,32}", language) or not await self.conn.fetchval(
+                "SELECT 1 FROM pg_ts_dict WHERE dictname = $1", stemmer):
+            known = await self.conn.fetch(
+                "SELECT replace(dictname, '_stem', '') AS l FROM pg_ts_dict "
+                "WHERE dictname LIKE '%\\_stem' ORDER BY 1")
+            raise ValueError(f"no stemmer for {language!r}; PostgreSQL has: "
+                             + ", ".join(r["l"] for r in known))
+        await self.conn.execute("SELECT pg_advisory_lock(hashtext('sentchat.search_language'))")
+        try:
+            current = await self.conn.fetch(
+                """SELECT DISTINCT d.dictname FROM pg_ts_config_map m
+                   JOIN pg_ts_config c ON c.oid = m.mapcfg JOIN pg_ts_dict d ON d.oid = m.mapdict
+                   WHERE c.cfgname = 'sentchat_english' AND d.dictname LIKE '%\\_stem'""")
+            olds = [r["dictname"] for r in current if r["dictname"] != stemmer]
+            if not olds:
+                return 0
+            for old in olds:
+                if not re.fullmatch(r"[a-z]+_stem", old):
+                    continue  # not one of PostgreSQL's stemmers: never put into DDL
+                # Every token type that stemmed with the old language now stems with the new
+                # (DDL takes no parameters: both names were checked against pg_ts_dict).
+                await self.conn.execute(
+                    f"ALTER TEXT SEARCH CONFIGURATION sentchat_english "
+                    f"ALTER MAPPING REPLACE {old} WITH {stemmer}")
+            await self._say(f"search language: {', '.join(olds)} -> {stemmer}; re-indexing")
+            top = await self.conn.fetchval("SELECT coalesce(max(id), 0) FROM chat_messages")
+            refilled, high = 0, top + 1
+            while high > 1:
+                low = max(1, high - batch)
+                async with self.conn.transaction():
+                    status = await self.conn.execute(
+                        """UPDATE chat_messages SET search_tsv = chat_search_vector(text)
+                           WHERE id >= $1 AND id < $2 AND NOT deleted""", low, high)
+                refilled += int(status.split()[-1])
+                high = low
+            await self._say(f"search language: {refilled} messages re-indexed in {language}")
+            return refilled
+        finally:
+            await self.conn.execute("SELECT pg_advisory_unlock(hashtext('sentchat.search_language'))")
 
     async def run(self, batch: int = BACKFILL_BATCH) -> int:
         """Backfill and index; returns the number of rows whose vector was filled."""

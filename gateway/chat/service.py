@@ -110,6 +110,22 @@ class ChatService:
         self.cipher = FieldCipher.from_settings(self.settings)
         self.store = await ChatStore.open(dsn, self.settings.pool_size)
         self._dsn = dsn
+        # In the background: a changed language re-indexes every message in batches.
+        self.engine.spawn(self._apply_search_language(dsn))
+
+    async def _apply_search_language(self, dsn: str) -> None:
+        """Make message search stem in ``chat.search_language`` (docs/search.md)."""
+        import asyncpg
+
+        from storage.search import SearchIndexer
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            await SearchIndexer(conn).set_language(self.settings.search_language)
+        except ValueError as exc:
+            log.error("config key chat.search_language: %s; search keeps its language", exc)
+        finally:
+            await conn.close()
 
     async def stop(self) -> None:
         """Close the pools (the extension stops the service after its last job)."""
