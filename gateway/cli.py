@@ -296,6 +296,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     for w in warnings:
         log.warning("%s", w)
+    if not args.reuse_port:
+        # Before anything starts (the embedded PostgreSQL, Valkey, workers): a port in use
+        # is one line, not a traceback after a database came up for nothing.
+        problem = _port_problem(settings.http.host, settings.http.port)
+        if problem is not None:
+            print(f"sentchat: {problem}", file=sys.stderr)
+            return 2
     if settings.node.workers > 1:
         from gateway.workers import supervise
 
@@ -312,6 +319,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         uvloop.run(_serve(settings, args.reuse_port))
     return 0
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, in one line an operator can act on; None
+    when it can (bound with SO_REUSEADDR, as the server binds, then released)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"config key http.host: cannot resolve {host!r} ({exc.strerror})"
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (f"port {port} on {host} is already in use (another sentchat or "
+                            f"program listens there): stop it, or choose another port with "
+                            f"--port / SENTCHAT_HTTP_PORT / http.port")
+                return f"cannot listen on {host}:{port}: {exc.strerror} (http.host / http.port)"
+    return None
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -571,3 +571,19 @@ def test_generated_secrets_concurrent_first_start(tmp_path: Path) -> None:
         assert len(results) == 8 and len(set(results)) == 1
         assert [p.name for p in directory.iterdir()] == ["secrets.json"]
         assert stat.S_IMODE((directory / "secrets.json").stat().st_mode) == 0o600
+
+
+async def test_serve_on_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """A port already taken: one line naming the port and what to do, exit 2, no traceback,
+    and nothing started for nothing (no embedded PostgreSQL data directory)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = await run("serve", "--port", str(port), env=cli_env(tmp_path, embedded_pg=True))
+    assert res.rc == 2, res.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in res.stderr and "--port" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "postgres").exists()
