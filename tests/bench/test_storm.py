@@ -37,7 +37,6 @@ async def test_small_storm_recovers_everything(tmp_path: Path) -> None:
         assert r["complete"] == 30 and r["stream"] == r["published"]
         # How many were replayed depends on how long a reconnect took (0 when it beat the
         # next publication): not asserted; completeness above is what must hold.
-        assert r["replayed_total"] >= 0
     assert "recovered" in out and "written" in out
 
 
